@@ -38,13 +38,11 @@ class Settings:
         "LoRA adapter: 'default' (the promoted adapter, else the one shipped in the package), 'none', "
         "or a path to a PEFT adapter directory.",
     )
+    tokenizer: str = setting("", "Tokenizer directory to use instead of the base model's own (empty = the model's).")
     device: str = setting("auto", "Torch device for the model: 'auto' (cuda if present, else cpu), 'cpu', 'cuda'.")
     dtype: str = setting("auto", "Model dtype: 'auto' (bfloat16 where fast, else float32), 'bfloat16', 'float32'.")
     threads: int = setting(0, "CPU threads for the model; 0 lets torch decide.")
     max_new_tokens: int = setting(160, "Most tokens the model may generate for one SQL query.")
-    candidates: int = setting(
-        1, "SQL candidates to generate (beam search); the first that validates and executes wins."
-    )
     constrained: bool = setting(True, "Constrain decoding with the per-schema SQL grammar (outlines + llguidance).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")

@@ -175,7 +175,7 @@ def load(settings) -> LoadedModel:
     base = resolve_base(settings.model, settings.cache_dir)
     adapter = resolve_adapter(settings.adapter, settings.data_dir)
     try:
-        tok = AutoTokenizer.from_pretrained(base)
+        tok = AutoTokenizer.from_pretrained(settings.tokenizer or base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     except (OSError, ValueError) as e:
         raise ModelError(f"The model {settings.model} could not be loaded: {str(e).splitlines()[0][:200]}",

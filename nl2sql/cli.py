@@ -1,0 +1,181 @@
+"""`nl2sql` command line: the only module that prints. Every Nl2SqlError becomes one line, no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _settings(args):
+    from .config import Settings
+    overrides = {}
+    for name in ("model", "adapter", "device", "dtype"):
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
+    if getattr(args, "no_constrained", False):
+        overrides["constrained"] = False
+    return Settings.from_env(**overrides)
+
+
+def cmd_ask(args) -> int:
+    from .api import Pipeline
+    pipe = Pipeline(_settings(args))
+    a = pipe.ask(args.question, args.db, execute=not args.no_execute)
+    if args.json:
+        out = {"question": a.question, "sql": a.sql, "error": a.error, "truncated": a.truncated, "timings": a.timings,
+               "model": a.model, "adapter": a.adapter,
+               "rows": None if a.df is None else json.loads(a.df.head(100).to_json(orient="records", date_format="iso"))}
+        print(json.dumps(out, default=str))
+        return 0 if a.ok else 1
+    print(a.sql or f"-- the model wrote: {a.raw_sql}")
+    if a.error:
+        print(f"error: {a.error}", file=sys.stderr)
+        return 1
+    if a.df is not None:
+        import pandas as pd
+        with pd.option_context("display.max_columns", 20, "display.width", 160):
+            print()
+            print(a.df.to_string(index=False, max_rows=40) if len(a.df) else "(no rows)")
+        note = f"{len(a.df)} row(s)" + (" — truncated at the row limit (NL2SQL_ROW_LIMIT)" if a.truncated else "")
+        print(f"\n{note}; {a.timings.get('total', 0):.2f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .api import Pipeline
+    from .evaluate import demo_cases, run_eval, spider_cases
+    pipe = Pipeline(_settings(args))
+    if args.spider:
+        if not Path(args.spider).is_dir():
+            from .errors import ConfigError
+            raise ConfigError(f"No Spider directory at {args.spider}.", hint="Pass the folder holding tables.json and database/.")
+        cases, dialect = spider_cases(Path(args.spider), Path(args.questions) if args.questions else None), "sqlite"
+    else:
+        cases, dialect = demo_cases(), "sqlite"
+    if args.limit:
+        cases = cases[: args.limit]
+    out = Path(args.out) if args.out else Path("runs") / "eval" / ("spider" if args.spider else "demo") / "predictions.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = run_eval(cases, pipe, out, gold_dialect=dialect)
+    summary.update(model=pipe.settings.model, adapter=pipe.generator.loaded.adapter_version or pipe.generator.loaded.adapter,
+                   constrained=pipe.settings.constrained, predictions=str(out))
+    out.with_name("summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"execution accuracy {summary['execution_accuracy'] * 100:.1f} % on {summary['n']} questions; "
+          f"invalid SQL {summary['invalid_sql_rate'] * 100:.1f} %; median {summary['median_seconds']} s, "
+          f"p90 {summary['p90_seconds']} s per question")
+    for db, d in summary["per_database"].items():
+        print(f"  {db:24s} {d['accuracy'] * 100:5.1f} %  ({d['n']})")
+    print(f"predictions: {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from training.pipeline import train_command
+    return train_command(args, _settings(args))
+
+
+def cmd_adapters(args) -> int:
+    from . import registry
+    s = _settings(args)
+    if args.action == "list":
+        for a in registry.list_adapters(s.data_dir):
+            mark = "*" if a["promoted"] else " "
+            acc = (a.get("eval") or {}).get("validation_accuracy")
+            print(f"{mark} {a['version']:28s} {a.get('created') or '':20s} val acc {acc if acc is not None else '-'}  {a['path']}")
+    elif args.action == "promote":
+        registry.promote(s.data_dir, args.version)
+        print(f"promoted {args.version}")
+    elif args.action == "rollback":
+        v = registry.rollback(s.data_dir)
+        print(f"now using {v or 'the shipped adapter'}")
+    return 0
+
+
+def cmd_settings(args) -> int:
+    from .config import describe
+    for env, default, help in describe():
+        print(f"{env:28s} {default:28s} {help}")
+    return 0
+
+
+def cmd_log(args) -> int:
+    from .querylog import QueryLog
+    log = QueryLog(_settings(args).query_log_path)
+    n = log.export_training(Path(args.out))
+    print(f"wrote {n} pairs to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nl2sql", description="Ask your warehouse questions in words.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def model_flags(sp):
+        sp.add_argument("--model", help="base model: bundled, a HF id or a checkpoint dir (NL2SQL_MODEL)")
+        sp.add_argument("--adapter", help="LoRA adapter: default, none, or a directory (NL2SQL_ADAPTER)")
+        sp.add_argument("--device", help="auto, cpu or cuda")
+        sp.add_argument("--dtype", help="auto, bfloat16 or float32")
+        sp.add_argument("--no-constrained", action="store_true", help="decode without the SQL grammar")
+
+    a = sub.add_parser("ask", help="answer one question")
+    a.add_argument("question")
+    a.add_argument("--db", help="SQLAlchemy URL or .duckdb/.sqlite path (default: the demo warehouse)")
+    a.add_argument("--no-execute", action="store_true", help="print the SQL only")
+    a.add_argument("--json", action="store_true", help="print a JSON object")
+    model_flags(a)
+    a.set_defaults(func=cmd_ask)
+
+    e = sub.add_parser("eval", help="execution accuracy on Spider (--spider DIR) or on the demo benchmark")
+    e.add_argument("--spider", help="Spider folder (tables.json, database/, dev_visible.json)")
+    e.add_argument("--questions", help="JSON file of {db_id, question, query} (default: dev_visible.json)")
+    e.add_argument("--limit", type=int, default=0)
+    e.add_argument("--out", help="predictions JSONL (summary.json is written beside it)")
+    model_flags(e)
+    e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("train", help="train a LoRA adapter on a query log or Spider, gate it, and promote it")
+    t.add_argument("--log", help="JSONL of {question, sql, db} pairs (e.g. from `nl2sql log export`)")
+    t.add_argument("--spider", help="Spider folder: train on train_spider.json")
+    t.add_argument("--out", help="run directory (default: runs/train/<version>)")
+    t.add_argument("--epochs", type=float, default=None)
+    t.add_argument("--max-examples", type=int, default=0)
+    t.add_argument("--no-promote", action="store_true", help="register the adapter but never promote it")
+    t.add_argument("--force", action="store_true", help="promote even if it scores worse than the current adapter")
+    model_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    ad = sub.add_parser("adapters", help="list, promote or roll back adapters")
+    ad.add_argument("action", choices=["list", "promote", "rollback"])
+    ad.add_argument("version", nargs="?")
+    ad.set_defaults(func=cmd_adapters)
+
+    s = sub.add_parser("settings", help="list every setting with its environment variable and default")
+    s.set_defaults(func=cmd_settings)
+
+    lg = sub.add_parser("log", help="query log tools")
+    lg.add_argument("action", choices=["export"])
+    lg.add_argument("--out", default="querylog-pairs.jsonl")
+    lg.set_defaults(func=cmd_log)
+    return p
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from .errors import Nl2SqlError
+    try:
+        return args.func(args)
+    except Nl2SqlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
