@@ -16,8 +16,20 @@ __all__ = ["ask", "execute", "Answer", "Settings", "Nl2SqlError", "ConfigError",
            "UnsafeSQLError", "ValidationError"]
 
 
+def ask(question, db=None, *, execute=True, settings=None, **overrides):
+    """Answer a question with SQL and its result; see nl2sql.api.ask."""
+    from .api import ask as _ask
+    return _ask(question, db, execute=execute, settings=settings, **overrides)
+
+
+def execute(sql, db=None, *, settings=None):
+    """Run one read-only query through the guarded executor; see nl2sql.executor.execute."""
+    from .executor import execute as _execute
+    return _execute(sql, db, settings=settings)
+
+
 def __getattr__(name):
-    if name in ("ask", "execute", "Answer", "Pipeline"):
+    if name in ("Answer", "Pipeline"):
         from . import api
         return getattr(api, name)
     raise AttributeError(name)

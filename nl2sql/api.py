@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import execute as execute_mod
+from . import executor as execute_mod
 from .config import Settings
 from .errors import InputError, Nl2SqlError, SchemaError, ValidationError
 from .prompt import build_prompt, render_schema

@@ -84,7 +84,7 @@ def run_eval(cases: list[Case], pipeline, out_jsonl: Path | None = None, progres
     """Score every case; write one JSON line per prediction; return the summary figures."""
     from tqdm import tqdm
 
-    from .execute import run_checked
+    from .executor import run_checked
     from .errors import Nl2SqlError
     rows_out = []
     fh = open(out_jsonl, "w") if out_jsonl else None

@@ -101,7 +101,12 @@ class DuckDBWarehouse(Warehouse):
         if conn is not None:
             self.conn = conn
             return
-        self._tmp = tempfile.mkdtemp(prefix="nl2sql-duckdb-")
+        # DuckDB lets one process open a file twice only with identical settings: derive the private temp
+        # directory from the file, not from the connection.
+        import hashlib
+        digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
+        self._tmp = os.path.join(tempfile.gettempdir(), f"nl2sql-duckdb-{os.getuid()}-{digest}")
+        os.makedirs(self._tmp, mode=0o700, exist_ok=True)
         config = {
             "access_mode": "READ_ONLY",
             "enable_external_access": False,

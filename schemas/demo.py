@@ -57,7 +57,7 @@ def build(path: Path) -> None:
     days = pd.date_range("2023-01-01", "2025-12-31", freq="D")
     calendar = pd.DataFrame({
         "date_key": days.date, "year": days.year, "quarter": days.quarter, "month": days.month,
-        "month_name": days.strftime("%B"), "day_of_week": days.strftime("%A"), "is_weekend": days.dayofweek >= 5})
+        "month_name": days.strftime("%B"), "day_of_week": days.strftime("%A"), "is_weekend": days.day_of_week >= 5})
 
     stores = [(i + 1, f"{city} {'Downtown' if i % 2 == 0 else 'Mall'}", city, st, region,
                pd.Timestamp("2015-01-01") + pd.Timedelta(days=int(rng.integers(0, 2900))),

@@ -171,7 +171,7 @@ def pairs():
 
 def main():
     from nl2sql.api import Pipeline
-    from nl2sql.execute import run_checked
+    from nl2sql.executor import run_checked
     from nl2sql.validate import validate
     from schemas.demo import PAIRS
     pipe = Pipeline()
