@@ -61,7 +61,7 @@ class Pipeline:
         if self._generator is None:
             from .generate import SqlGenerator
             from .model import load
-            self._generator = SqlGenerator(load(self.settings))
+            self._generator = SqlGenerator(load(self.settings), sql_vocab_head=self.settings.sql_vocab_head)
         return self._generator
 
     # --- the composition ----------------------------------------------------------------------

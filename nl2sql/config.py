@@ -43,6 +43,9 @@ class Settings:
     dtype: str = setting("auto", "Model dtype: 'auto' (bfloat16 where fast, else float32), 'bfloat16', 'float32'.")
     threads: int = setting(0, "CPU threads for the model; 0 lets torch decide.")
     max_new_tokens: int = setting(160, "Most tokens the model may generate for one SQL query.")
+    sql_vocab_head: bool = setting(
+        False, "Compute logits only over the shipped SQL vocabulary (much faster per token on CPU). Off by default: "
+        "the shipped adapter was trained with another tokenization, so its preferred tokens fall outside that vocabulary.")
     constrained: bool = setting(True, "Constrain decoding with the per-schema SQL grammar (outlines + llguidance).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")

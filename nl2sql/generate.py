@@ -36,7 +36,7 @@ class Generation:
 
 
 class SqlGenerator:
-    def __init__(self, loaded):
+    def __init__(self, loaded, sql_vocab_head: bool = False):
         import outlines
         self.loaded = loaded
         self.model = outlines.from_transformers(loaded.model, loaded.tokenizer)
@@ -44,7 +44,7 @@ class SqlGenerator:
         self.lm_head = loaded.model.lm_head.weight  # [vocab, hidden]
         self._backend = None
         self._prefix_cache: dict = {}
-        self._base_vocab = _load_sql_vocab(loaded.tokenizer)
+        self._base_vocab = _load_sql_vocab(loaded.tokenizer) if sql_vocab_head else None
         self._lock = threading.Lock()  # one generation at a time per model (the app's reruns share it)
 
     @property

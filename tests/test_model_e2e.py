@@ -1,0 +1,38 @@
+"""The real bundled model (Gemma 3 270M GGUF + shipped LoRA adapter), constrained decoding, on CPU.
+
+A handful of questions on each engine; answers are checked against the database itself, not hard-coded."""
+import pytest
+
+from conftest import sqlite_rows
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def pipe(settings):
+    from nl2sql.api import Pipeline
+    return Pipeline(settings)
+
+
+def test_sqlite_spider_questions(pipe, sqlite_db):
+    for question, gold in [("How many singers do we have?", "SELECT count(*) FROM singer"),
+                           ("What is the average age of all singers from France?",
+                            "SELECT avg(age) FROM singer WHERE country = 'France'")]:
+        a = pipe.ask(question, str(sqlite_db))
+        assert a.error is None, (question, a.raw_sql, a.error)
+        assert [tuple(r) for r in a.df.itertuples(index=False)] == sqlite_rows(sqlite_db, gold), (question, a.sql)
+        assert a.adapter is not None and a.model == "bundled"
+
+
+def test_every_engine_answers_a_count(pipe, any_db):
+    a = pipe.ask("How many singers are there?", any_db)
+    assert a.error is None, (a.raw_sql, a.error)
+    assert int(a.df.iloc[0, 0]) == 6
+
+
+def test_demo_warehouse_answer(pipe):
+    import nl2sql
+    a = pipe.ask("How many customers are there?")
+    assert a.error is None, (a.raw_sql, a.error)
+    truth = nl2sql.execute("SELECT COUNT(*) FROM customers", settings=pipe.settings).df.iloc[0, 0]
+    assert int(a.df.iloc[0, 0]) == int(truth)

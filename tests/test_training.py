@@ -1,0 +1,101 @@
+"""Training: data prep rejects broken pairs with reasons; a tiny LoRA run moves adapter weights only;
+a saved adapter reloads to the same model; the registry promotes and rolls back."""
+import json
+
+import pytest
+import torch
+
+from nl2sql import registry
+from nl2sql.errors import ConfigError, TrainingError
+from nl2sql.schema import Column, Schema, Table
+from training.data import PrepReport, make_examples, read_jsonl, split_by_database
+
+SCHEMA = Schema("shop", "sqlite", (Table("orders", (Column("order_id", "INTEGER", True), Column("status", "TEXT"))),))
+
+
+def test_prep_rejects_broken_pairs_with_reasons():
+    pairs = [
+        {"question": "How many orders?", "sql": "SELECT count(*) FROM orders", "db": "shop"},
+        {"question": "How many orders?", "sql": "SELECT COUNT(*) FROM orders", "db": "shop"},   # duplicate once normalised
+        {"question": "Drop them", "sql": "DROP TABLE orders", "db": "shop"},
+        {"question": "Price?", "sql": "SELECT price FROM orders", "db": "shop"},
+        {"question": "Broken", "sql": "SELEC * FROM", "db": "shop"},
+        {"question": "Gone", "sql": "SELECT 1", "db": "deleted_db"},
+        {"question": "", "sql": "SELECT 1", "db": "shop"},
+    ]
+    report = PrepReport()
+    kept = make_examples(pairs, {"shop": SCHEMA}, report)
+    assert [e.sql for e in kept] == ["SELECT COUNT(*) FROM orders"]
+    assert report.duplicates == 1 and sum(report.dropped.values()) == 5
+    reasons = " ".join(report.dropped)
+    assert "read-only" in reasons and "deleted_db" in reasons and "does not parse" in reasons
+
+
+@pytest.mark.parametrize("content,needle", [("", "holds no pairs"), ("{not json\n", "not valid JSON"), ("[1, 2]\n", "not a JSON object")])
+def test_bad_log_files(tmp_path, content, needle):
+    f = tmp_path / "log.jsonl"
+    f.write_text(content)
+    with pytest.raises(TrainingError, match=needle):
+        read_jsonl(f)
+
+
+def test_split_keeps_databases_apart():
+    ex = make_examples([{"question": f"q{i}", "sql": "SELECT order_id FROM orders", "db": f"db{i % 5}"} for i in range(20)],
+                       {f"db{i}": SCHEMA for i in range(5)})
+    train, val = split_by_database(ex, 0.2)
+    assert {e.db for e in train}.isdisjoint({e.db for e in val}) and len(val) > 0
+
+
+def test_tiny_lora_run_moves_only_adapter_weights(tmp_path, settings):
+    from safetensors.torch import load_file
+
+    from nl2sql.model import bundled_checkpoint
+    from training.sft import TrainConfig, train
+    ckpt = bundled_checkpoint(settings.cache_dir)
+    base_before = load_file(str(ckpt / "model.safetensors"))
+    probe = "model.layers.0.self_attn.q_proj.weight"
+    examples = [{"prompt": f"-- Question: {q}\n-- SQL:\n", "sql": s} for q, s in
+                [("How many orders?", "SELECT COUNT(*) FROM orders"), ("List statuses", "SELECT DISTINCT status FROM orders"),
+                 ("First order", "SELECT order_id FROM orders ORDER BY order_id LIMIT 1"), ("All", "SELECT * FROM orders")]]
+    cfg = TrainConfig(out=str(tmp_path / "a"), epochs=1, batch_size=2, grad_accum=1, lr=1e-3, lora_r=4, lora_alpha=8,
+                      save_every=1, cache_dir=str(settings.cache_dir), dtype="float32", seed=3)
+    meta = train(cfg, examples, progress=False)
+    assert meta["steps"] == 2 and meta["tokens"] > 0
+    adapter = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: training moved it
+    torch.testing.assert_close(load_file(str(ckpt / "model.safetensors"))[probe], base_before[probe])
+    assert not (tmp_path / "a" / "checkpoint").exists()  # checkpoints are cleaned up after a finished run
+
+
+def test_saved_adapter_reloads_identically(tmp_path, settings):
+    from nl2sql.model import load
+    from nl2sql.model import PACKAGE_ADAPTER
+    a = load(settings.replace(adapter=str(PACKAGE_ADAPTER), dtype="float32"))
+    b = load(settings.replace(adapter=str(PACKAGE_ADAPTER), dtype="float32"))
+    ids = a.tokenizer("-- Question: How many singers?\n-- SQL:\n", return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(a.model(**ids).logits, b.model(**ids).logits)
+        base = load(settings.replace(adapter="none", dtype="float32"))
+        assert not torch.allclose(a.model(**ids).logits, base.model(**ids).logits)  # the adapter changes the model
+
+
+def test_registry_promote_and_rollback(tmp_path):
+    data = tmp_path / "data"
+    for v in ("a1", "a2"):
+        src = tmp_path / v
+        src.mkdir()
+        (src / "adapter_config.json").write_text("{}")
+        (src / "card.json").write_text(json.dumps({"version": v}))
+        registry.register(data, src, v)
+    assert registry.promoted_adapter(data) is None  # registered is not promoted
+    registry.promote(data, "a1")
+    registry.promote(data, "a2")
+    assert registry.promoted_adapter(data).name == "a2"
+    assert registry.rollback(data) == "a1"
+    assert registry.rollback(data) is None  # back to the shipped adapter
+    with pytest.raises(ConfigError, match="No adapter version"):
+        registry.promote(data, "a9")
+    (registry.root(data) / "registry.json").write_text("{half")
+    with pytest.raises(ConfigError, match="corrupt"):
+        registry.promoted_adapter(data)
