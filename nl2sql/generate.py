@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 import json
 import threading
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 from .errors import ModelError
 
 VOCAB_DIR = Path(__file__).parent / "vocab"
+# transformers 5.2x renames past_key_values to cache; the old name works across all 5.x releases we support
+warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 
 
 @dataclass

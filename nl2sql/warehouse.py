@@ -118,7 +118,9 @@ class DuckDBWarehouse(Warehouse):
         }
         try:
             self.conn = duckdb.connect(str(path), read_only=True, config=config)
-            self.conn.execute("SET lock_configuration = true")
+            locked = self.conn.execute("SELECT current_setting('lock_configuration')").fetchone()[0]
+            if not locked:  # a second connection to the same file shares the first one's locked instance
+                self.conn.execute("SET lock_configuration = true")
         except duckdb.Error as e:
             raise ConnectError(f"Could not open the DuckDB file {self.display_name}: {str(e).splitlines()[0]}",
                                hint="Check that the file is a DuckDB database and no other process holds it for writing.") from None
