@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from . import executor as execute_mod
 from .config import Settings
-from .errors import InputError, Nl2SqlError, SchemaError, ValidationError
+from .errors import InputError, Nl2SqlError, SchemaError
 from .prompt import build_prompt, render_schema
 from .schema import Schema, introspect
 
@@ -33,6 +33,11 @@ class Answer:
         return self.error is None
 
 
+def _cache_key(db):
+    """Strings and None key by value; engines and connections by identity."""
+    return db if isinstance(db, (str, type(None))) else id(db)
+
+
 class Pipeline:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
@@ -44,14 +49,14 @@ class Pipeline:
     # --- stages, each cached where it is slow --------------------------------------------------
     def warehouse(self, db=None):
         from .warehouse import open_warehouse
-        key = db if isinstance(db, (str, type(None))) else id(db)
+        key = _cache_key(db)
         with self._lock:
             if key not in self._warehouses:
                 self._warehouses[key] = open_warehouse(db, self.settings)
             return self._warehouses[key]
 
     def schema(self, db=None) -> Schema:
-        key = db if isinstance(db, (str, type(None))) else id(db)
+        key = _cache_key(db)
         if key not in self._schemas:
             self._schemas[key] = introspect(self.warehouse(db), sample_values=self.settings.sample_values)
         return self._schemas[key]
@@ -101,8 +106,6 @@ class Pipeline:
                 timings["execute"] = time.perf_counter() - t
         except Nl2SqlError as e:
             answer.error, answer.error_type = str(e), type(e).__name__
-            if answer.sql is None and isinstance(e, ValidationError):
-                answer.sql = None
         timings["total"] = time.perf_counter() - t0
         answer.timings = {k: round(v, 4) for k, v in timings.items()}
         return answer
@@ -141,7 +144,3 @@ def ask(question: str, db=None, *, execute: bool = True, settings: Settings | No
     """
     settings = (settings or Settings.from_env()).replace(**overrides) if overrides else settings
     return default_pipeline(settings).ask(question, db, execute=execute)
-
-
-def execute(sql: str, db=None, *, settings: Settings | None = None):
-    return execute_mod.execute(sql, db, settings=settings)

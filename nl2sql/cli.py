@@ -51,14 +51,14 @@ def cmd_eval(args) -> int:
         if not Path(args.spider).is_dir():
             from .errors import ConfigError
             raise ConfigError(f"No Spider directory at {args.spider}.", hint="Pass the folder holding tables.json and database/.")
-        cases, dialect = spider_cases(Path(args.spider), Path(args.questions) if args.questions else None), "sqlite"
+        cases = spider_cases(Path(args.spider), Path(args.questions) if args.questions else None)
     else:
-        cases, dialect = demo_cases(), "sqlite"
+        cases = demo_cases()
     if args.limit:
         cases = cases[: args.limit]
     out = Path(args.out) if args.out else Path("runs") / "eval" / ("spider" if args.spider else "demo") / "predictions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = run_eval(cases, pipe, out, gold_dialect=dialect)
+    summary = run_eval(cases, pipe, out, gold_dialect="sqlite")  # Spider gold and the demo pairs are both SQLite SQL
     summary.update(model=pipe.settings.model, adapter=pipe.generator.loaded.adapter_version or pipe.generator.loaded.adapter,
                    constrained=pipe.settings.constrained, predictions=str(out))
     out.with_name("summary.json").write_text(json.dumps(summary, indent=2))

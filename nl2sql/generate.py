@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import copy
 import functools
-import warnings
 import json
 import threading
+import warnings
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +97,8 @@ class SqlGenerator:
                 if ids[: len(p_ids)] == p_ids and len(p_ids) < len(ids):
                     n_prefix = len(p_ids)
             cache = self._prefix(tuple(ids[:n_prefix])) if n_prefix else None
-            vocab = self._vocab_for(ids)
-            head = self.lm_head[vocab]
-            full = torch.full((1, self.lm_head.shape[0]), float("-inf"), device=self.loaded.device)
+            vocab = self._vocab_for(ids)  # None: the whole output layer
+            head = self.lm_head if vocab is None else self.lm_head[vocab]
             seq = torch.tensor([ids], device=self.loaded.device)
             step_in = seq[:, n_prefix:]
             generated = []
@@ -108,12 +107,16 @@ class SqlGenerator:
                 out = self.inner(input_ids=step_in, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
                 h = out.last_hidden_state[:, -1]
-                # 2. logits over the SQL vocabulary only, scattered into a full-size row
-                full.fill_(float("-inf"))
-                full[0, vocab] = (h @ head.T).float()[0]
+                # 2. logits (over the SQL vocabulary only, when one is in use, scattered into a full-size row)
+                logits = (h @ head.T).float()
+                if vocab is not None:
+                    row = torch.full((1, self.lm_head.shape[0]), float("-inf"), device=self.loaded.device)
+                    row[0, vocab] = logits[0]
+                    logits = row
                 # 3. the grammar masks what cannot continue valid SQL
-                logits = processor.process_logits(seq, full.clone()) if processor else full.clone()
-                if not torch.isfinite(logits).any():  # nothing allowed in the SQL vocabulary: use all of it
+                if processor:
+                    logits = processor.process_logits(seq, logits)
+                if vocab is not None and not torch.isfinite(logits).any():  # nothing allowed in it: use all
                     logits = (h @ self.lm_head.T).float()
                     if processor:  # the same step's mask, already computed by process_logits above
                         import llguidance.torch
@@ -130,7 +133,7 @@ class SqlGenerator:
     def _vocab_for(self, prompt_ids):
         import torch
         if self._base_vocab is None:
-            return torch.arange(self.lm_head.shape[0], device=self.loaded.device)
+            return None
         ids = set(self._base_vocab) | set(prompt_ids)
         ids.add(self.loaded.tokenizer.eos_token_id)
         return torch.tensor(sorted(ids), device=self.loaded.device)

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 
-from .prompt import quote_name
+from .prompt import double_quoted, is_plain_name
 from .schema import Schema
 
 AGGREGATES = ("count", "sum", "avg", "min", "max", "total", "group_concat")
@@ -89,9 +88,9 @@ def _alternatives(names) -> str:
     """Lark alternatives for a set of names: every spelling a model or a person might use."""
     alts = set()
     for n in names:
-        if re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", n):
+        if is_plain_name(n):
             alts.add(json.dumps(n) + "i")
-        alts.add(json.dumps('"' + n.replace('"', '""') + '"'))
+        alts.add(json.dumps(double_quoted(n)))
         alts.add(json.dumps("`" + n + "`"))
         alts.add(json.dumps("[" + n + "]"))
     return " | ".join(sorted(alts))

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
+from .registry import PACKAGE_ADAPTER, promoted_adapter
 
 BUNDLED = "bundled"
-PACKAGE_ADAPTER = Path(__file__).parent / "adapters" / "default"
 
 
 @dataclass
@@ -127,8 +127,7 @@ def resolve_adapter(adapter: str, data_dir: Path) -> Path | None:
     if adapter in ("none", "", None):
         return None
     if adapter == "default":
-        from .registry import promoted_adapter  # the team's promoted adapter wins over the shipped one
-        promoted = promoted_adapter(data_dir)
+        promoted = promoted_adapter(data_dir)  # the team's promoted adapter wins over the shipped one
         if promoted is not None:
             return promoted
         return PACKAGE_ADAPTER if (PACKAGE_ADAPTER / "adapter_config.json").exists() else None

@@ -28,11 +28,18 @@ _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]+")
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether a name can be written bare (letters, digits, underscores, not starting with a digit)."""
+    return bool(_SAFE_NAME.match(name))
+
+
+def double_quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def quote_name(name: str) -> str:
     """A table or column name as the model must write it: bare when plain, else double-quoted."""
-    if _SAFE_NAME.match(name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
+    return name if is_plain_name(name) else double_quoted(name)
 
 
 def _data(text: str, limit: int) -> str:

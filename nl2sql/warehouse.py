@@ -49,8 +49,8 @@ def open_warehouse(db=None, settings=None) -> "Warehouse":
         return SQLAlchemyWarehouse(f"sqlite:///{path.resolve()}", settings)
     scheme = db.split("://", 1)[0].split("+", 1)[0].lower()
     if scheme == "duckdb":
-        path = db.split("://", 1)[1].lstrip("/") if db.startswith("duckdb:////") is False else db[len("duckdb:///"):]
-        path = Path(db[len("duckdb:///"):] if db.startswith("duckdb:///") else path)
+        # duckdb:///relative.duckdb and duckdb:////absolute.duckdb, as SQLAlchemy spells them
+        path = Path(db[len("duckdb:///"):] if db.startswith("duckdb:///") else db.split("://", 1)[1].lstrip("/"))
         if not path.exists():
             raise ConnectError(f"No DuckDB file at {path}.", hint="Check the path in the URL.")
         return DuckDBWarehouse(path, settings)
@@ -196,12 +196,12 @@ class SQLAlchemyWarehouse(Warehouse):
             self.engine = url_or_engine
         backend = self.engine.dialect.name
         self.dialect = _DIALECTS.get(backend, backend)
-        self.is_mariadb = backend in ("mysql", "mariadb") and getattr(self.engine.dialect, "is_mariadb", False)
         safe = self.engine.url.render_as_string(hide_password=True)
         self.display_name = Path(self.engine.url.database or "").name if backend == "sqlite" else safe
         try:
             with self.engine.connect() as c:
                 c.exec_driver_sql("SELECT 1")
+            # SQLAlchemy learns whether a mysql server is MariaDB on the first connection
             self.is_mariadb = self.dialect == "mysql" and getattr(self.engine.dialect, "is_mariadb", False)
         except Exception as e:
             raise ConnectError(f"Cannot connect to {safe}: {_scrub(_one_line(e), self.engine.url)}",
@@ -279,13 +279,15 @@ def _read_only_url(url, settings):
 
 
 class _Stop:
+    """What _arm_timeout set up: whether the limit fired, and how to undo it."""
+
     def __init__(self):
         self.fired = False
-        self._timer = None
+        self.undo = None
 
     def disarm(self):
-        if self._timer:
-            self._timer.cancel()
+        if self.undo:
+            self.undo()
 
 
 def _arm_timeout(dialect, conn, raw, timeout, is_mariadb) -> _Stop:
@@ -311,13 +313,7 @@ def _arm_timeout(dialect, conn, raw, timeout, is_mariadb) -> _Stop:
                 return 1  # non-zero aborts the statement with "interrupted"
             return 0
         raw.set_progress_handler(check, 10000)
-        stop._timer = None
-        original = stop.disarm
-
-        def disarm():
-            raw.set_progress_handler(None, 0)
-            original()
-        stop.disarm = disarm
+        stop.undo = lambda: raw.set_progress_handler(None, 0)
     return stop
 
 

@@ -1,4 +1,5 @@
 """ask() composed over real databases with a scripted fake model; bad input; the CLI's error lines."""
+import os
 import subprocess
 import sys
 
@@ -88,9 +89,7 @@ def test_public_execute_uses_guarded_path(sqlite_db):
     (["adapters", "promote", "nope"], "No adapter version"),
 ])
 def test_cli_errors_are_one_line(args, needle, settings):
-    env = {"NL2SQL_DATA_DIR": str(settings.data_dir), "PATH": "/usr/bin:/bin", "HOME": str(settings.data_dir)}
-    import os
-    env = {**os.environ, **env}
+    env = {**os.environ, "NL2SQL_DATA_DIR": str(settings.data_dir)}
     p = subprocess.run([sys.executable, "-m", "nl2sql.cli", *args], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 1
     assert needle in p.stderr and "Traceback" not in p.stderr and "pw" not in p.stderr.replace("pwd", "")

@@ -70,7 +70,7 @@ def test_tiny_lora_run_moves_only_adapter_weights(tmp_path, settings):
 
 def test_saved_adapter_reloads_identically(tmp_path, settings):
     from nl2sql.model import load
-    from nl2sql.model import PACKAGE_ADAPTER
+    from nl2sql.registry import PACKAGE_ADAPTER
     a = load(settings.replace(adapter=str(PACKAGE_ADAPTER), dtype="float32"))
     b = load(settings.replace(adapter=str(PACKAGE_ADAPTER), dtype="float32"))
     ids = a.tokenizer("-- Question: How many singers?\n-- SQL:\n", return_tensors="pt")

@@ -8,7 +8,6 @@ reproduce it: base model hash, data files with counts and hashes, hyperparameter
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -45,8 +44,7 @@ def log_examples(path: Path, settings, report: PrepReport):
             schemas[r["db"]] = pipe.schema(key)
         except Exception:  # a database that no longer exists: its pairs are dropped and counted
             wh_failed.add(r["db"])
-    examples = make_examples(rows, schemas, report)
-    return examples, pipe
+    return make_examples(rows, schemas, report)
 
 
 def gate_score(adapter: str, cases, settings) -> float:
@@ -59,7 +57,7 @@ def gate_score(adapter: str, cases, settings) -> float:
 def train_command(args, settings) -> int:
     from nl2sql.evaluate import Case
 
-    from .sft import TrainConfig, train
+    from .sft import TrainConfig, file_sha256, train
     if not args.log and not args.spider:
         raise TrainingError("Nothing to train on.", hint="Pass --log PAIRS.jsonl (from `nl2sql log export`) or --spider DIR.")
     version = registry.new_version(settings.data_dir)
@@ -67,7 +65,7 @@ def train_command(args, settings) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     report = PrepReport()
     if args.log:
-        examples, _ = log_examples(Path(args.log), settings, report)
+        examples = log_examples(Path(args.log), settings, report)
         source = Path(args.log)
     else:
         examples = spider_examples(Path(args.spider), report)
@@ -97,7 +95,7 @@ def train_command(args, settings) -> int:
     card = {
         "version": version, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "base_model": settings.model,
         "base_sha256": meta["base_sha256"], "git_commit": _git_commit(),
-        "data": {"source": str(source), "source_sha256": _sha256(source) if source.is_file() else None,
+        "data": {"source": str(source), "source_sha256": file_sha256(source) if source.is_file() else None,
                  "train_examples": len(train_ex), "val_examples": len(val_ex), "train_sha256": data_hash,
                  "prep": {"read": report.read, "kept": report.kept, "duplicates": report.duplicates,
                           "dropped": dict(report.dropped)}},
@@ -124,10 +122,6 @@ def train_command(args, settings) -> int:
 def _current_adapter(settings):
     from nl2sql.model import resolve_adapter
     return resolve_adapter(settings.adapter, settings.data_dir)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def card_markdown(card: dict) -> str:

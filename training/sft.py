@@ -68,7 +68,7 @@ def load_base(cfg: TrainConfig, dtype):
     from nl2sql.model import bundled_checkpoint, load_gguf
     if cfg.base.endswith(".gguf"):
         model, tok = load_gguf(Path(cfg.base), dtype)
-        return model, tok, _file_sha256(Path(cfg.base))
+        return model, tok, file_sha256(Path(cfg.base))
     if cfg.base == "bundled":
         from nl2sql.config import Settings
         cache = Path(cfg.cache_dir) if cfg.cache_dir else Settings.from_env().cache_dir
@@ -81,11 +81,11 @@ def load_base(cfg: TrainConfig, dtype):
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     if base_hash is None:
         cfg_file = Path(path) / "config.json"
-        base_hash = _file_sha256(cfg_file) if cfg_file.exists() else str(path)
+        base_hash = file_sha256(cfg_file) if cfg_file.exists() else str(path)
     return model, tok, base_hash
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
