@@ -165,6 +165,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar is noise here
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not the user's concern
     args = build_parser().parse_args(argv)
     from .errors import Nl2SqlError
     try:
