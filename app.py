@@ -1,31 +1,21 @@
-"""nl2sql analyst app (first cut): ask a question of the demo warehouse or any database, see the SQL and the result.
+"""nl2sql analyst app: `streamlit run app.py`.
 
-Run with `streamlit run app.py`. Uses the public API only. The full analyst app (editable SQL, charts,
-history, feedback into the query log) is its own issue.
+Ask questions of the demo warehouse or your own database, read and fix the SQL, chart the result, and rate
+answers into the query log (NL2SQL_QUERY_LOG); the data team's page shows accuracy, latency and feedback.
+The pages live in nl2sql/ui/.
 """
-import streamlit as st
+import os
 
-import nl2sql
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-st.set_page_config(page_title="nl2sql", layout="wide")
-st.title("nl2sql")
-db = st.sidebar.text_input("Database (SQLAlchemy URL or .duckdb/.sqlite path; empty = demo warehouse)", "") or None
-question = st.chat_input("Ask a question about your data")
-if question:
-    st.chat_message("user").write(question)
-    with st.chat_message("assistant"):
-        try:
-            with st.spinner("Writing SQL…"):
-                answer = nl2sql.ask(question, db=db)
-        except nl2sql.Nl2SqlError as e:
-            st.error(str(e))
-        else:
-            if answer.sql:
-                st.code(answer.sql, language="sql")
-            if answer.error:
-                st.error(answer.error)
-            elif answer.df is not None:
-                st.dataframe(answer.df, use_container_width=True)
-                if answer.truncated:
-                    st.caption("Truncated at the row limit (NL2SQL_ROW_LIMIT).")
-            st.caption(f"{answer.timings.get('total', 0):.2f} s · model {answer.model} · adapter {answer.adapter}")
+import streamlit as st  # noqa: E402
+
+from nl2sql.ui import analyst, team  # noqa: E402
+
+st.set_page_config(page_title="nl2sql", page_icon=":material/database:", layout="wide")
+st.navigation([
+    st.Page(analyst.render, title="Ask", icon=":material/chat:", url_path="ask", default=True),
+    st.Page(team.render, title="Data team", icon=":material/monitoring:", url_path="team"),
+]).run()

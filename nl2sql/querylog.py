@@ -1,7 +1,7 @@
 """A durable local log of questions, SQL, results and feedback; exported as training pairs.
 
-SQLite in WAL mode: each entry is one transaction, so several processes can write at once and a process
-killed mid-write leaves the log readable (the half-written entry is simply absent).
+SQLite in WAL mode with full sync: each entry is one transaction, so several processes can write at once and
+a process killed mid-write leaves the log readable (the half-written entry is simply absent).
 """
 from __future__ import annotations
 
@@ -20,38 +20,61 @@ CREATE TABLE IF NOT EXISTS entries (
     model TEXT, adapter TEXT, latency REAL
 );
 """
+# Columns added after the first release; older logs gain them on open.
+_ADDED = {"raw_sql": "TEXT", "dialect": "TEXT", "session": "TEXT", "context": "TEXT",
+          "rated_at": "REAL", "corrected_at": "REAL"}
 
 
 class QueryLog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")  # one process at a time creates and migrates
+            con.execute(_SCHEMA)
+            have = {r[1] for r in con.execute("PRAGMA table_info(entries)")}
+            for name, kind in _ADDED.items():
+                if name not in have:
+                    con.execute(f"ALTER TABLE entries ADD COLUMN {name} {kind}")
+            con.execute("COMMIT")
+        finally:
+            con.close()
 
     def _connect(self):
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA busy_timeout=30000")
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")  # a committed entry survives a power cut, not only a crash
         return con
 
     def record(self, *, question: str, db: str | None, sql: str | None, executed: bool, error: str | None = None,
-               model: str | None = None, adapter: str | None = None, latency: float | None = None) -> int:
+               model: str | None = None, adapter: str | None = None, latency: float | None = None,
+               raw_sql: str | None = None, dialect: str | None = None, session: str | None = None,
+               context: list | None = None) -> int:
+        """Log one answered question; returns the entry id that feedback() refers to."""
         con = self._connect()
         try:
-            cur = con.execute("INSERT INTO entries (created, db, question, sql, executed, error, model, adapter, latency) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                              (time.time(), db, question, sql, int(executed), error, model, adapter, latency))
+            cur = con.execute(
+                "INSERT INTO entries (created, db, question, sql, executed, error, model, adapter, latency, raw_sql, "
+                "dialect, session, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), db, question, sql, int(executed), error, model, adapter, latency, raw_sql, dialect,
+                 session, json.dumps(context) if context else None))
             return int(cur.lastrowid)
         finally:
             con.close()
 
     def feedback(self, entry_id: int, *, rating: int | None = None, comment: str | None = None,
                  corrected_sql: str | None = None) -> None:
+        """Set the rating (1 up, -1 down), comment or corrected SQL of an entry; None leaves a field as it is."""
+        now = time.time()
         con = self._connect()
         try:
             con.execute("UPDATE entries SET rating = COALESCE(?, rating), comment = COALESCE(?, comment), "
-                        "corrected_sql = COALESCE(?, corrected_sql) WHERE id = ?", (rating, comment, corrected_sql, entry_id))
+                        "corrected_sql = COALESCE(?, corrected_sql), "
+                        "rated_at = CASE WHEN ? IS NULL THEN rated_at ELSE ? END, "
+                        "corrected_at = CASE WHEN ? IS NULL THEN corrected_at ELSE ? END WHERE id = ?",
+                        (rating, comment, corrected_sql, rating, now, corrected_sql, now, entry_id))
         finally:
             con.close()
 
@@ -64,18 +87,37 @@ class QueryLog:
             con.close()
 
     def export_training(self, out: Path) -> int:
-        """JSONL of {question, sql, db, label}: corrected SQL wins over generated; thumbs-down without a
-        correction is kept as a negative example (label "negative"); unrated executed answers are skipped."""
+        """JSONL of {question, sql, db, label[, context]}: corrected SQL wins over generated; thumbs-down without
+        a correction is kept as a negative example (label "negative"); unrated answers are skipped. SQL is
+        written in the model's dialect; `context` holds the (question, SQL) pairs a follow-up was asked after."""
         rows = []
         for e in self.entries():
             if e["corrected_sql"]:
-                rows.append({"question": e["question"], "sql": e["corrected_sql"], "db": e["db"], "label": "corrected"})
+                sql, label = e["corrected_sql"], "corrected"
             elif e["rating"] == 1 and e["sql"]:
-                rows.append({"question": e["question"], "sql": e["sql"], "db": e["db"], "label": "positive"})
-            elif e["rating"] == -1 and e["sql"]:
-                rows.append({"question": e["question"], "sql": e["sql"], "db": e["db"], "label": "negative"})
+                sql, label = e["sql"], "positive"
+            elif e["rating"] == -1 and (e["sql"] or e["raw_sql"]):
+                sql, label = e["sql"] or e["raw_sql"], "negative"
+            else:
+                continue
+            row = {"question": e["question"], "sql": _model_dialect(sql, e["dialect"]), "db": e["db"], "label": label}
+            if e["context"]:
+                row["context"] = json.loads(e["context"])
+            rows.append(row)
         out = Path(out)
         tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, out)
         return len(rows)
+
+
+def _model_dialect(sql: str, dialect: str | None) -> str:
+    """SQL from the warehouse's dialect into the one the model writes (what training learns from)."""
+    from .prompt import SQL_DIALECT
+    if not dialect or dialect == SQL_DIALECT:
+        return sql
+    import sqlglot
+    try:
+        return sqlglot.transpile(sql, read=dialect, write=SQL_DIALECT)[0]
+    except sqlglot.errors.SqlglotError:
+        return sql

@@ -1,0 +1,63 @@
+"""The sidebar: connection picker (demo warehouse, a DuckDB/SQLite file, a SQLAlchemy URL) and schema browser."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from ..errors import Nl2SqlError
+
+DEMO, FILE, URL = "Demo warehouse", "DuckDB or SQLite file", "SQLAlchemy URL"
+
+
+@dataclass
+class Connection:
+    db: str | None = None
+    schema: object = None     # nl2sql.schema.Schema once open
+    error: str | None = None  # what went wrong and what to do, for st.error
+    pending: bool = False     # nothing entered yet
+
+
+def connection(pipe) -> Connection:
+    st.sidebar.header("Database")
+    kind = st.sidebar.radio("Connect to", (DEMO, FILE, URL), key="conn_kind", label_visibility="collapsed")
+    if kind == DEMO:
+        db = None
+    elif kind == FILE:
+        db = st.sidebar.text_input("File path", key="conn_path", placeholder="warehouse.duckdb or shop.sqlite").strip()
+    else:
+        db = st.sidebar.text_input("SQLAlchemy URL", key="conn_url",
+                                   placeholder="postgresql+psycopg://user@host/db").strip()
+    if db == "":
+        return Connection(pending=True)
+    failures = st.session_state.setdefault("conn_failures", {})
+    if db in failures:  # a server that did not answer is not retried on every click
+        if st.sidebar.button("Try again", key="conn_retry"):
+            failures.pop(db)
+            st.rerun()
+        return Connection(db, error=failures[db])
+    try:
+        with st.spinner("Opening the database…"):
+            schema = pipe.schema(db)
+    except Nl2SqlError as e:
+        failures[db] = f"Cannot use that database. {e}"
+        return Connection(db, error=failures[db])
+    except Exception as e:  # an unexpected driver error: say which, without its text (it may hold credentials)
+        failures[db] = (f"Cannot open that database ({type(e).__name__}). Check the path or URL: a .duckdb/.sqlite "
+                        "file that exists, or a URL such as postgresql+psycopg://user@host/db.")
+        return Connection(db, error=failures[db])
+    return Connection(db, schema)
+
+
+def schema_browser(schema) -> None:
+    import pandas as pd
+    st.sidebar.header("Schema")
+    st.sidebar.caption(f"{schema.name} · {len(schema.tables)} tables · {schema.column_count} columns")
+    for t in schema.tables:
+        with st.sidebar.expander(f"{t.name} ({len(t.columns)})"):
+            if t.comment:
+                st.caption(t.comment)
+            fks = {fk.column: f"→ {fk.ref_table}.{fk.ref_column}" for fk in t.foreign_keys}
+            rows = [{"column": c.name, "type": c.type, "key": "PK" if c.primary_key else fks.get(c.name, ""),
+                     "comment": c.comment, "sample values": ", ".join(c.samples)} for c in t.columns]
+            st.dataframe(pd.DataFrame(rows), hide_index=True)

@@ -1,0 +1,206 @@
+"""The analyst app driven through Streamlit's AppTest: a scripted fake model, the real demo DuckDB warehouse and
+real SQLite files, the real query log. Each flow of the issue: ask, edit + rerun, chart, feedback, history and
+follow-ups, bad connections, the data team's page."""
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from nl2sql.querylog import QueryLog
+from nl2sql.ui.session import PIPELINE_KEY
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+BY_REGION = "SELECT region, COUNT(*) AS stores FROM stores GROUP BY region"
+
+
+@pytest.fixture
+def app(fake_pipeline, settings, tmp_path):
+    """make(*model_outputs, **setting_overrides) → (AppTest after its first run, pipeline, query log)."""
+    def make(*outputs, **overrides):
+        pipe = fake_pipeline(*outputs)
+        pipe.settings = settings.replace(query_log=str(tmp_path / "querylog.sqlite"), **overrides)
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.session_state[PIPELINE_KEY] = pipe
+        at.run()
+        assert not at.exception, at.exception
+        return at, pipe, QueryLog(pipe.settings.query_log_path)
+    return make
+
+
+def ask(at, question):
+    at.chat_input[0].set_value(question).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def chart_spec(at):
+    charts = at.get("vega_lite_chart")
+    return json.loads(charts[0].proto.spec) if charts else None
+
+
+def test_ask_shows_sql_table_chart_timings_and_logs_it(app):
+    at, pipe, log = app(BY_REGION)
+    assert not at.error and not at.chat_input[0].disabled
+    ask(at, "How many stores are in each region?")
+    assert [c.value for c in at.code] == [BY_REGION]
+    assert at.code[0].language == "sql"
+    df = at.main.dataframe[0].value
+    assert list(df.columns) == ["region", "stores"] and df["stores"].sum() == 16 and "West" in set(df["region"])
+    spec = chart_spec(at)
+    assert spec["mark"]["type"] == "bar" and spec["encoding"]["x"]["field"] == "region"
+    captions = " ".join(c.value for c in at.caption)
+    assert "generate" in captions and "total" in captions and "model fake" in captions and "5 rows" in captions
+    [e] = log.entries()
+    assert (e["question"], e["sql"], e["db"], e["executed"], e["model"], e["adapter"]) == (
+        "How many stores are in each region?", BY_REGION, "demo", 1, "fake", "fake-adapter")
+    assert e["latency"] > 0 and e["dialect"] == "duckdb" and e["rating"] is None
+
+
+def test_row_cap_is_noted(app):
+    at, _, log = app("SELECT customer_id FROM customers", row_limit=7)
+    ask(at, "List all customers")
+    assert len(at.main.dataframe[0].value) == 7
+    assert any("row limit (NL2SQL_ROW_LIMIT)" in c.value for c in at.caption)
+    assert chart_spec(at) is None  # identifiers alone are no chart
+
+
+def test_model_mistake_is_shown_not_raised(app):
+    at, _, log = app("SELECT salary FROM stores")
+    ask(at, "What do stores earn?")
+    assert "salary" in at.error[0].value and not at.main.dataframe
+    assert at.code[0].value == "SELECT salary FROM stores"  # the model's text, to fix by hand
+    assert log.entries()[0]["executed"] == 0 and "salary" in log.entries()[0]["error"]
+
+
+def test_edit_rerun_and_keep_logs_the_correction(app, tmp_path):
+    at, pipe, log = app(BY_REGION)
+    ask(at, "How many stores are in each region?")
+    fixed = "SELECT region, COUNT(*) AS stores FROM stores WHERE region <> 'Online' GROUP BY region"
+    assert at.button(key="keep-1").disabled  # nothing edited yet
+    at.text_area(key="sql-1").set_value(fixed)
+    at.button(key="run-1").click().run()
+    assert not at.exception and not at.error
+    assert "Online" not in set(at.main.dataframe[0].value["region"]) and len(at.main.dataframe[0].value) == 4
+    assert at.code[0].value == fixed
+    assert log.entries()[0]["corrected_sql"] is None  # ran, not yet kept
+    at.button(key="keep-1").click().run()
+    assert at.success and log.entries()[0]["corrected_sql"] == fixed
+    out = tmp_path / "pairs.jsonl"
+    assert log.export_training(out) == 1
+    assert json.loads(out.read_text()) == {"question": "How many stores are in each region?", "sql": fixed,
+                                           "db": "demo", "label": "corrected"}
+
+
+@pytest.mark.parametrize("sql,message", [("DROP TABLE stores", "read"), ("SELECT nonsense FROM stores", "nonsense"),
+                                         ("SELECT 1; SELECT 2", "one")])
+def test_bad_edit_is_refused_by_the_guarded_executor(app, sql, message):
+    at, _, log = app(BY_REGION)
+    ask(at, "How many stores are in each region?")
+    at.text_area(key="sql-1").set_value(sql)
+    at.button(key="run-1").click().run()
+    assert not at.exception
+    assert message in at.error[0].value.lower() and not at.main.dataframe
+    assert at.button(key="keep-1").disabled
+    assert log.entries()[0]["corrected_sql"] is None
+
+
+def test_chart_type_can_be_switched_or_turned_off(app):
+    at, _, _ = app("SELECT year, SUM(quantity) AS units FROM order_lines JOIN orders USING (order_id) "
+                   "JOIN calendar ON calendar.date_key = orders.order_date GROUP BY year ORDER BY year")
+    ask(at, "Units sold per year?")
+    assert not at.error, at.error
+    assert chart_spec(at)["mark"]["type"] == "line"  # a time series
+    at.button_group(key="chart-1").set_value("bar").run()
+    assert chart_spec(at)["mark"]["type"] == "bar"
+    at.button_group(key="chart-1").set_value("off").run()
+    assert chart_spec(at) is None and at.main.dataframe  # the table stays
+
+
+def test_feedback_and_comment_are_written_to_the_log(app):
+    at, _, log = app(BY_REGION, "SELECT COUNT(*) FROM customers")
+    ask(at, "How many stores are in each region?")
+    at.feedback(key="rating-1").set_value(1).run()
+    assert log.entries()[0]["rating"] == 1 and log.entries()[0]["rated_at"]
+    at.text_input(key="comment-1").input("right, but Online is not a region").run()
+    ask(at, "How many customers?")
+    at.feedback(key="rating-2").set_value(0).run()
+    first, second = log.entries()
+    assert first["comment"] == "right, but Online is not a region" and first["rating"] == 1
+    assert second["rating"] == -1 and second["question"] == "How many customers?"
+    assert first["session"] and first["session"] == second["session"]
+
+
+def test_history_reopens_and_follow_up_carries_the_previous_answer(app):
+    at, pipe, log = app("SELECT COUNT(*) AS n FROM orders",
+                        "SELECT COUNT(*) AS n FROM orders WHERE order_date >= '2024-01-01'",
+                        "SELECT COUNT(*) FROM products")
+    ask(at, "How many orders are there?")
+    ask(at, "now only for 2024")
+    prompt = pipe.generator.prompts[1]
+    assert "-- Question: How many orders are there?\n-- SQL:\nSELECT COUNT(*) AS n FROM orders\n" in prompt
+    assert prompt.endswith("-- Question: now only for 2024\n-- SQL:\n")
+    assert json.loads(log.entries()[1]["context"]) == [["How many orders are there?", "SELECT COUNT(*) AS n FROM orders"]]
+    assert [c.value for c in at.code] == ["SELECT COUNT(*) AS n FROM orders WHERE order_date >= '2024-01-01'"]
+    history = [b.label for b in at.sidebar.button if b.key.startswith("history-")]
+    assert history == ["now only for 2024", "How many orders are there?"]
+    at.sidebar.button(key="history-1").click().run()
+    assert [c.value for c in at.code] == ["SELECT COUNT(*) AS n FROM orders"]  # turn 1 open again
+    at.toggle(key="follow_up").set_value(False).run()
+    ask(at, "How many products?")
+    assert "How many orders" not in pipe.generator.prompts[2]
+    assert log.entries()[2]["context"] is None
+
+
+def test_sqlite_file_connection_and_schema_browser(app, sqlite_db):
+    at, pipe, log = app("SELECT country, COUNT(*) AS singers FROM singer GROUP BY country")
+    at.sidebar.radio(key="conn_kind").set_value("DuckDB or SQLite file").run()
+    assert at.info and at.chat_input[0].disabled  # nothing entered yet
+    at.sidebar.text_input(key="conn_path").input(str(sqlite_db)).run()
+    assert not at.error and not at.chat_input[0].disabled
+    labels = [e.label for e in at.sidebar.expander]
+    assert any(label.startswith("singer (") for label in labels) and any(label.startswith("concert (") for label in labels)
+    cols = next(df.value for df in at.sidebar.dataframe if "Country" in set(df.value["column"]))
+    assert {"column", "type", "key", "comment", "sample values"} <= set(cols.columns)
+    assert cols.loc[cols["column"] == "Singer_ID", "key"].item() == "PK"
+    assert cols.loc[cols["column"] == "Country", "sample values"].item()  # sample values shown
+    ask(at, "Singers per country?")
+    assert at.main.dataframe[0].value["singers"].sum() == 6
+    assert log.entries()[0]["db"] == str(Path(sqlite_db).resolve()) and log.entries()[0]["dialect"] == "sqlite"
+
+
+@pytest.mark.parametrize("kind,key,value,expect", [
+    ("DuckDB or SQLite file", "conn_path", "/no/such/warehouse.duckdb", "No database file"),
+    ("SQLAlchemy URL", "conn_url", "postgresql+psycopg://nobody:s3cret@127.0.0.1:1/x", "Cannot connect"),
+    ("SQLAlchemy URL", "conn_url", "nosuchdb://x/y", "Cannot use"),
+])
+def test_bad_connection_is_a_clear_error(app, kind, key, value, expect):
+    at, _, _ = app()
+    at.sidebar.radio(key="conn_kind").set_value(kind).run()
+    at.sidebar.text_input(key=key).input(value).run()
+    assert not at.exception
+    [err] = at.error
+    assert expect in err.value and "s3cret" not in err.value and "Traceback" not in err.value
+    assert at.chat_input[0].disabled
+    at.sidebar.radio(key="conn_kind").set_value("Demo warehouse").run()
+    assert not at.error and not at.chat_input[0].disabled
+
+
+def _team_page():
+    from nl2sql.ui import team
+    team.render()
+
+
+def test_data_team_page(app, fake_pipeline, settings, tmp_path):
+    at, pipe, log = app(BY_REGION, "SELECT salary FROM stores")
+    ask(at, "How many stores are in each region?")
+    at.feedback(key="rating-1").set_value(1).run()
+    ask(at, "What do stores earn?")
+    team = AppTest.from_function(_team_page, default_timeout=30)
+    team.session_state[PIPELINE_KEY] = pipe
+    team.run()
+    assert not team.exception and not team.error
+    metrics = {m.label: m.value for m in team.metric}
+    assert metrics["Execution accuracy"] == "11.1 %"  # benchmarks/results/demo/summary.json
+    assert metrics["Answers"] == "2" and metrics["Rated"] == "1" and metrics["Thumbs up"] == "100 %"
+    assert len(team.get("vega_lite_chart")) == 4
