@@ -108,6 +108,13 @@ def cmd_log(args) -> int:
     return 0
 
 
+def cmd_role_sql(args) -> int:
+    from .roles import readonly_role_sql
+    print("\n".join(readonly_role_sql(args.dialect, args.role, database=args.database, schema=args.schema,
+                                      host=args.host)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nl2sql", description="Ask your warehouse questions in words.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -158,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("action", choices=["export"])
     lg.add_argument("--out", default="querylog-pairs.jsonl")
     lg.set_defaults(func=cmd_log)
+
+    r = sub.add_parser("role-sql", help="print the SQL that creates a SELECT-only login for nl2sql (run it as an admin)")
+    r.add_argument("--dialect", required=True, choices=["postgres", "mariadb", "mysql"])
+    r.add_argument("--database", required=True, help="the database nl2sql will read")
+    r.add_argument("--role", default="nl2sql_ro", help="name of the login to create (default: nl2sql_ro)")
+    r.add_argument("--schema", default="public", help="PostgreSQL schema to grant SELECT on (default: public)")
+    r.add_argument("--host", default="%", help="MariaDB/MySQL host pattern of the login (default: %%)")
+    r.set_defaults(func=cmd_role_sql)
     return p
 
 

@@ -54,9 +54,16 @@ class Settings:
         1000, "Most columns rendered into the prompt; larger schemas are refused with advice to pick tables."
     )
     row_limit: int = setting(1000, "Most rows a query returns; more sets Answer.truncated.")
+    max_result_bytes: int = setting(
+        50_000_000, "Most bytes of result data fetched for one query (about; text and blobs counted by length); "
+        "more stops fetching and sets Answer.truncated. SQLite also refuses to build a single value larger than this.")
     statement_timeout: float = setting(10.0, "Seconds a query may run before it is stopped.")
     memory_limit: str = setting("1GB", "DuckDB memory_limit for query execution.")
     connect_timeout: float = setting(5.0, "Seconds to wait when connecting to a database server.")
+    allowed_db_paths: str = setting(
+        "", "Directories (separated by the OS path separator) from which SQLite and DuckDB files given by path or URL "
+        "may be opened; empty means any readable file. nl2sql's own data and cache directories are always refused, "
+        "except the demo warehouse.")
     cache_dir: Path = setting(_user_dir("cache"), "Where converted model checkpoints, schemas and grammars are cached.")
     data_dir: Path = setting(_user_dir("data"), "Where the demo warehouse, adapter registry and query log live.")
     query_log: str = setting("", "Query log file; empty means <data_dir>/querylog.sqlite.")

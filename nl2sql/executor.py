@@ -1,14 +1,25 @@
-"""The guarded executor: the one path by which SQL reaches a database.
+"""The guarded executor: the one path by which SQL reaches a database (ask(), the app, nl2sql.execute()).
 
-Layers, each enough on its own for writes: the parsed-tree check (validate.py: one read-only statement, no
-forbidden nodes or functions), then an engine opened read-only (DuckDB read_only + external access off +
-locked config; SQLite mode=ro; PostgreSQL and MariaDB read-only transactions), then limits that stop the
-query: a statement timeout, a row cap that sets `truncated`.
+Layers, each enough on its own for writes:
+1. input caps (validate.check_sql_text): length, NUL and hidden characters, nesting depth;
+2. the parsed-tree allowlist (validate.parse_one_query): one SELECT / set operation, no statement node anywhere;
+3. the function and table-function denylist, FROM included;
+   the text that runs is the checked tree written back out by sqlglot, comments dropped, so the engine runs
+   what was checked (no parser differentials such as MySQL's executable comments);
+4. the engine, read-only by construction (warehouse.py: DuckDB read_only + external access off + locked
+   config + one SELECT statement per call; SQLite mode=ro + an authorizer allowing reads only + no ATTACH;
+   PostgreSQL a read-only transaction and a server-side cursor, which runs one SELECT only; MariaDB a
+   read-only transaction without multi-statements);
+5. limits that stop the query: statement timeout, row cap and result-size cap that set `truncated`.
+
+The module is executor.py rather than execute.py so that `nl2sql.execute` stays the public function.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
+from sqlglot.errors import SqlglotError
 
 from .errors import ValidationError
 from .validate import parse_one_query
@@ -26,10 +37,24 @@ class Result:
         return len(self.df)
 
 
+# Test-only switch: tests/safety turns the SQL checks (layers 1-3) off to prove the engine layer holds alone.
+# Deliberately not a setting: no environment variable or argument reaches it.
+_CHECK_SQL = True
+
+
 def guard(warehouse, sql: str, settings) -> str:
-    """Re-check the read-only rules in the warehouse's dialect; every caller that runs SQL goes through here."""
-    parse_one_query(sql, read=warehouse.dialect, max_chars=settings.max_sql_chars)
-    return sql
+    """Re-check the read-only rules in the warehouse's dialect; every caller that runs SQL goes through here.
+
+    Returns the SQL to run: the checked tree written back out in the warehouse's dialect, without comments.
+    """
+    if not _CHECK_SQL:
+        return sql
+    tree = parse_one_query(sql, read=warehouse.dialect, max_chars=settings.max_sql_chars)
+    try:
+        return tree.sql(dialect=warehouse.dialect, comments=False)
+    except (SqlglotError, RecursionError) as e:
+        raise ValidationError(f"The SQL cannot be written for {warehouse.dialect}: {str(e).strip()[:200]}",
+                              hint="Simplify the query.") from None
 
 
 def run_checked(warehouse, sql: str, settings) -> Result:

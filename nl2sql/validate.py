@@ -15,10 +15,11 @@ nl2sql.errors.UnsafeSQLError: Only read-only queries may run; this SQL is a DROP
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
-import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
@@ -26,39 +27,65 @@ from .errors import UnsafeSQLError, ValidationError
 from .prompt import SQL_DIALECT
 from .schema import Schema
 
-MAX_DEPTH = 64
+MAX_DEPTH = 64  # deeper trees are refused: sqlglot and the engines recurse on them
 
 # Statement and clause nodes that change state or reach outside the data. Any of them anywhere in the
 # tree rejects the query, even when the root is a SELECT (e.g. a DELETE inside a CTE, SELECT ... INTO).
+# Parameter/SessionParameter: MySQL @user and @@server variables (reading server settings, or := assignment);
+# Placeholder: bind parameters, which the guarded path never passes.
 _FORBIDDEN_NODES = tuple(getattr(exp, n) for n in (
     "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "TruncateTable", "Command", "Into",
     "Copy", "Attach", "Detach", "Install", "LoadData", "Pragma", "Set", "Transaction", "Commit",
     "Rollback", "Use", "Grant", "Revoke", "Analyze", "Cache", "Uncache", "Refresh", "Kill", "Execute",
-    "Describe", "Show", "Summarize", "Lock",
+    "Describe", "Show", "Summarize", "Lock", "Parameter", "SessionParameter", "Placeholder", "Export",
 ) if hasattr(exp, n))
 
-# Functions that read files, reach the network, sleep, or touch server state, per engine family.
+# Functions that read files, reach the network, sleep, run SQL from a string, or touch server state.
+# One set for every engine: a name that is harmless on one engine is still refused on all (fail closed).
 DENIED_FUNCTIONS = {
-    # DuckDB: file/network readers, extension and settings access
+    # DuckDB: file/network readers, dynamic SQL, extension, settings and variable access
     "read_csv", "read_csv_auto", "read_json", "read_json_auto", "read_json_objects", "read_ndjson",
     "read_ndjson_auto", "read_ndjson_objects", "read_parquet", "parquet_scan", "parquet_metadata",
     "parquet_schema", "parquet_file_metadata", "parquet_kv_metadata", "read_text", "read_blob", "glob",
     "sniff_csv", "read_xlsx", "st_read", "iceberg_scan", "delta_scan", "sqlite_scan", "sqlite_attach",
     "postgres_scan", "postgres_attach", "mysql_scan", "query", "query_table", "duckdb_secrets",
     "duckdb_settings", "current_setting", "getenv", "load_extension", "httpfs", "read_csv_file",
+    "getvariable", "which_secret", "json_execute_serialized_sql", "checkpoint", "force_checkpoint",
     # PostgreSQL
     "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_sleep", "pg_sleep_for",
     "pg_sleep_until", "lo_import", "lo_export", "lo_get", "lo_put", "lo_open", "lo_create", "lo_unlink",
     "dblink", "dblink_exec", "dblink_connect", "set_config", "pg_terminate_backend",
     "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile", "pg_advisory_lock", "txid_current",
     "pg_logical_emit_message", "pg_create_restore_point", "pg_switch_wal", "query_to_xml",
-    "query_to_xml_and_xmlschema", "table_to_xml", "cursor_to_xml", "database_to_xml",
+    "query_to_xml_and_xmlschema", "table_to_xml", "cursor_to_xml", "database_to_xml", "nextval", "setval",
+    "pg_notify", "loread", "lowrite",
     # MySQL / MariaDB
-    "load_file", "sleep", "benchmark", "get_lock", "release_lock", "master_pos_wait",
-    "source_pos_wait", "sys_exec", "sys_eval",
+    "load_file", "sleep", "benchmark", "get_lock", "release_lock", "release_all_locks", "is_free_lock",
+    "is_used_lock", "master_pos_wait", "master_gtid_wait", "source_pos_wait", "wait_for_executed_gtid_set",
+    "sys_exec", "sys_eval",
     # SQLite
     "load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "randomblob", "zeroblob",
 }
+# Whole families, by prefix: file readers, large objects, server files and admin functions, catalogs.
+DENIED_PREFIXES = ("read_", "lo_", "dblink", "pg_read", "pg_ls_", "pg_stat_file", "pg_sleep", "pg_advisory",
+                   "pg_try_advisory", "pg_file", "pg_logical", "pg_replication", "pg_create", "pg_drop",
+                   "pg_terminate", "pg_cancel", "pg_reload", "pg_rotate", "pg_switch", "pg_promote",
+                   "pg_stat_reset", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_", "duckdb_",
+                   "pragma_")
+
+# A table name that looks like a file, URL or glob: DuckDB reads `FROM 'data.csv'` as a file scan.
+_PATH_LIKE = re.compile(r"[/\\:*?~]|\.(csv|tsv|txt|json|jsonl|ndjson|parquet|gz|zst|xlsx?|arrow|feather|avro|db|"
+                        r"duckdb|ddb|sqlite3?)$", re.IGNORECASE)
+
+
+def is_denied_function(name: str) -> bool:
+    """Whether a function name is on the denylist.
+
+    >>> [is_denied_function(n) for n in ("pg_read_file", "LO_IMPORT", "read_text", "count", "upper")]
+    [True, True, True, False, False]
+    """
+    name = name.lower()
+    return name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -68,8 +95,8 @@ class ValidatedSQL:
     tables: tuple[str, ...]
 
 
-def parse_one_query(sql: str, *, read: str = SQL_DIALECT, max_chars: int = 20000) -> exp.Expression:
-    """Parse exactly one statement and check it is read-only. Raises ValidationError / UnsafeSQLError."""
+def check_sql_text(sql, max_chars: int = 20000) -> str:
+    """Input caps on the raw text, before any parsing: type, emptiness, length, hidden characters."""
     if not isinstance(sql, str) or not sql.strip():
         raise ValidationError("The SQL is empty.", hint="Write one SELECT statement.")
     if len(sql) > max_chars:
@@ -77,17 +104,42 @@ def parse_one_query(sql: str, *, read: str = SQL_DIALECT, max_chars: int = 20000
                               hint="Shorten it, or raise NL2SQL_MAX_SQL_CHARS.")
     if "\x00" in sql:
         raise UnsafeSQLError("The SQL contains a NUL byte.", hint="Remove control characters and try again.")
+    for i, ch in enumerate(sql):
+        # Control, format (zero-width, bidi overrides, tags), surrogate and private-use characters make the text
+        # read differently to a person, to sqlglot and to the engine: refuse them, even inside strings.
+        if ch not in "\t\n\r" and (unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co") or ch in "\u2028\u2029"):
+            raise UnsafeSQLError(f"The SQL contains an invisible or control character (U+{ord(ch):04X}) at "
+                                 f"position {i + 1}.", hint="Remove hidden characters and send plain text.")
+    return sql
+
+
+def parse_one_query(sql: str, *, read: str = SQL_DIALECT, max_chars: int = 20000) -> exp.Expression:
+    """Parse exactly one statement and check it is read-only. Raises ValidationError / UnsafeSQLError.
+
+    >>> parse_one_query("SELECT 1 /*!50000 , LOAD_FILE('/etc/passwd') */", read="mysql")
+    Traceback (most recent call last):
+    ...
+    nl2sql.errors.UnsafeSQLError: The SQL contains an executable comment (/*! ... */), which MySQL and MariaDB run as code. Remove the comment.
+    """
+    check_sql_text(sql, max_chars)
     try:
-        statements = [s for s in sqlglot.parse(sql, read=read) if s is not None]
+        dialect = Dialect.get_or_raise(read)
+        tokens = dialect.tokenize(sql)
+        # MySQL/MariaDB execute the body of /*! ... */ and /*M! ... */; sqlglot keeps it as a comment, so what
+        # we checked would differ from what runs. Refused on every engine (fail closed).
+        if any(c.lstrip().startswith(("!", "M!", "m!")) for t in tokens for c in t.comments):
+            raise UnsafeSQLError("The SQL contains an executable comment (/*! ... */), which MySQL and MariaDB "
+                                 "run as code.", hint="Remove the comment.")
+        statements = [s for s in dialect.parser().parse(tokens, sql) if s is not None]
+        if len(statements) != 1:
+            raise UnsafeSQLError(f"Exactly one statement may run; this SQL has {len(statements)}.",
+                                 hint="Send one SELECT at a time.")
+        tree = statements[0]
+        _check_read_only(tree)
     except RecursionError:
         raise ValidationError("The SQL is nested too deeply to check.", hint="Simplify the query.") from None
     except SqlglotError as e:
         raise ValidationError(f"The SQL does not parse: {_first_line(e)}", hint="Fix the syntax and retry.") from None
-    if len(statements) != 1:
-        raise UnsafeSQLError(f"Exactly one statement may run; this SQL has {len(statements)}.",
-                             hint="Send one SELECT at a time.")
-    tree = statements[0]
-    _check_read_only(tree)
     return tree
 
 
@@ -96,29 +148,37 @@ def _check_read_only(tree: exp.Expression) -> None:
         kind = tree.key.upper() if not isinstance(tree, exp.Command) else str(tree.this).upper()
         raise UnsafeSQLError(f"Only read-only queries may run; this SQL is a {kind} statement.",
                              hint="Ask a question that reads data, or run writes through your own tools.")
-    depth = 0
+    _check_depth(tree)  # first: the checks below and the SQL generator recurse
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN_NODES):
             raise UnsafeSQLError(f"Only read-only queries may run; this SQL contains {node.key.upper()}.",
                                  hint="Remove it and send a plain SELECT.")
         if isinstance(node, exp.Func):
             name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-            if name in DENIED_FUNCTIONS:
-                raise UnsafeSQLError(f"The function {name}() is not allowed: it reaches outside the data.",
-                                     hint="Query the tables of this database only.")
-        if isinstance(node, exp.Table) and isinstance(node.this, (exp.Literal, exp.Func, exp.Anonymous)):
-            raise UnsafeSQLError("Only tables of this database may be read, not files or functions in FROM.",
-                                 hint="Name a table of the schema.")
+            if is_denied_function(name):
+                raise UnsafeSQLError(f"The function {name}() is not allowed: it reaches outside the data or "
+                                     "changes server state.", hint="Query the tables of this database only.")
+        if isinstance(node, exp.Table):
+            if isinstance(node.this, (exp.Literal, exp.Func, exp.Anonymous)):
+                raise UnsafeSQLError("Only tables of this database may be read, not files or functions in FROM.",
+                                     hint="Name a table of the schema.")
+            if _PATH_LIKE.search(node.name or ""):
+                raise UnsafeSQLError(f"The table name {node.name[:80]!r} looks like a file, URL or pattern; only "
+                                     "tables of this database may be read.", hint="Name a table of the schema.")
         if isinstance(node, (exp.Lock,)) or (isinstance(node, exp.Select) and node.args.get("locks")):
             raise UnsafeSQLError("Locking reads (FOR UPDATE/SHARE) are not allowed.", hint="Drop the locking clause.")
-    for node in tree.walk():
-        d = 0
-        p = node
-        while p is not None and d <= MAX_DEPTH:
-            p, d = p.parent, d + 1
-        depth = max(depth, d)
-        if depth > MAX_DEPTH:
-            raise ValidationError("The SQL is nested too deeply to check.", hint="Simplify the query.")
+
+
+def _check_depth(tree: exp.Expression) -> None:
+    """Refuse trees nested deeper than MAX_DEPTH, without recursion (walk() is iterative)."""
+    depth = {id(tree): 0}
+    for node in tree.walk(bfs=True):
+        d = depth[id(node)]
+        if d > MAX_DEPTH:
+            raise ValidationError(f"The SQL is nested too deeply to check (more than {MAX_DEPTH} levels).",
+                                  hint="Simplify the query.")
+        for child in node.iter_expressions():
+            depth[id(child)] = d + 1
 
 
 def validate(sql: str, schema: Schema, *, dialect: str | None = None, read: str = SQL_DIALECT,

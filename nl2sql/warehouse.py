@@ -4,10 +4,31 @@ Accepted: None (the embedded demo warehouse), a path to a .duckdb or .sqlite fil
 (sqlite, postgresql, mysql/mariadb, duckdb), a SQLAlchemy Engine, or a duckdb connection. DuckDB files are
 opened natively, read-only, with external access off and the configuration locked; everything else goes
 through SQLAlchemy. Credentials never appear in `display_name` or in error messages.
+
+Paths and URLs may come from a user (the app's connection picker), so they are checked, failing closed
+(`check_url`): known backends and drivers only, an allowlist of harmless URL options (nothing that runs
+code, reads files or changes session settings), database files only where `allowed_db_paths` permits and
+never nl2sql's own data. A SQLAlchemy Engine or duckdb connection built by your own code is trusted as is.
+
+What each engine guarantees on its own (the SQL checks in validate.py come on top):
+- DuckDB file: opened read_only, enable_external_access=false (no files, URLs, ATTACH, extensions),
+  extension autoload/autoinstall off, memory_limit, threads, a private temp directory, lock_configuration;
+  each call runs exactly one statement of type SELECT (DuckDB's own parser), so no temp tables, macros,
+  variables or search_path changes survive a query.
+- SQLite: mode=ro, an authorizer that allows only reads and non-file functions, no ATTACH (limit 0), one
+  statement per call (the sqlite3 module), the largest value capped at max_result_bytes.
+- PostgreSQL: every query in a READ ONLY transaction (also the session default) run through a server-side
+  cursor, so it is a single SELECT/VALUES (DECLARE accepts nothing else, nor data-modifying CTEs), rolled
+  back afterwards. A superuser can still read server files with pg_read_file(): connect as a SELECT-only
+  role (nl2sql.roles.readonly_role_sql) for the engine to hold without the SQL checks.
+- MariaDB/MySQL: every query in a READ ONLY transaction, one statement per call (no multi-statements), with
+  max_statement_time. FILE and SUPER privileges still allow LOAD_FILE(), INTO OUTFILE and SET GLOBAL:
+  connect as a SELECT-only user (readonly_role_sql) for the engine to hold without the SQL checks.
 """
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -41,20 +62,106 @@ def open_warehouse(db=None, settings=None) -> "Warehouse":
                            hint="Example: db='sqlite:///shop.sqlite' or db='warehouse.duckdb'.")
     db = db.strip()
     if "://" not in db:
-        path = Path(db).expanduser()
-        if not path.exists():
-            raise ConnectError(f"No database file at {path}.", hint="Check the path, or pass a SQLAlchemy URL.")
+        path = check_db_path(db, settings, kind="database")
         if path.suffix.lower() in DUCKDB_SUFFIXES or _is_duckdb_file(path):
             return DuckDBWarehouse(path, settings)
-        return SQLAlchemyWarehouse(f"sqlite:///{path.resolve()}", settings)
+        return SQLAlchemyWarehouse(f"sqlite:///{path}", settings)
     scheme = db.split("://", 1)[0].split("+", 1)[0].lower()
     if scheme == "duckdb":
         # duckdb:///relative.duckdb and duckdb:////absolute.duckdb, as SQLAlchemy spells them
-        path = Path(db[len("duckdb:///"):] if db.startswith("duckdb:///") else db.split("://", 1)[1].lstrip("/"))
-        if not path.exists():
-            raise ConnectError(f"No DuckDB file at {path}.", hint="Check the path in the URL.")
-        return DuckDBWarehouse(path, settings)
+        rest = db[len("duckdb:///"):] if db.startswith("duckdb:///") else db.split("://", 1)[1].lstrip("/")
+        if "?" in rest or "#" in rest:
+            raise ConnectError("DuckDB URLs take no options here (they could change the engine's settings).",
+                               hint="Use duckdb:///path/to/file.duckdb; nl2sql sets the read-only options itself.")
+        return DuckDBWarehouse(check_db_path(rest, settings, kind="DuckDB"), settings)
     return SQLAlchemyWarehouse(db, settings)
+
+
+# --- checking what a user may open ------------------------------------------------------------------
+
+# Drivers nl2sql knows how to hold read-only; a bare backend gets the first one.
+_DRIVERS = {"postgresql": ("psycopg",), "mysql": ("pymysql",), "mariadb": ("pymysql",), "sqlite": ("pysqlite",)}
+# URL query options passed to the driver. Everything else is refused: e.g. libpq's options/passfile/service/
+# sslkey/sslrootcert and PyMySQL's init_command/local_infile/read_default_file/client_flag/ssl_* run SQL, read
+# files, or allow multi-statements; SQLAlchemy's plugin loads code.
+_URL_OPTIONS = {
+    "postgresql": {"sslmode", "application_name", "connect_timeout", "target_session_attrs", "keepalives",
+                   "keepalives_idle", "keepalives_interval", "keepalives_count", "gssencmode", "channel_binding",
+                   "client_encoding", "host", "port", "load_balance_hosts"},
+    "mysql": {"charset", "connect_timeout", "read_timeout", "write_timeout"},
+    "mariadb": {"charset", "connect_timeout", "read_timeout", "write_timeout"},
+    "sqlite": set(),
+}
+
+
+def check_url(url, settings):
+    """A user-given SQLAlchemy URL, checked (fail closed) and normalised to a driver nl2sql holds read-only.
+
+    >>> from nl2sql.config import Settings
+    >>> check_url("postgresql://me:pw@db.example/sales", Settings()).render_as_string(hide_password=True)
+    'postgresql+psycopg://me:***@db.example/sales'
+    >>> check_url("mysql+pymysql://me@db/sales?init_command=SET+GLOBAL+x%3D1", Settings())
+    Traceback (most recent call last):
+    ...
+    nl2sql.errors.ConnectionError_: The database URL has the option 'init_command', which nl2sql does not accept (it could run code, read files or change session settings). Remove it; allowed options for mysql: charset, connect_timeout, read_timeout, write_timeout.
+    """
+    import sqlalchemy as sa
+    if isinstance(url, str):
+        try:
+            url = sa.make_url(url)
+        except Exception:  # the text may hold a password: never echo it
+            raise ConnectError("That database URL is malformed.",
+                               hint="Use a SQLAlchemy URL such as postgresql://user@host/db.") from None
+    backend = url.get_backend_name()
+    if backend not in _DRIVERS:
+        shown = url.set(query={}).render_as_string(hide_password=True)  # options may hold secrets: never shown
+        raise ConnectError(f"Cannot use the database URL {shown}: nl2sql opens "
+                           f"{', '.join(sorted({*_DRIVERS, 'duckdb'}))} URLs, not {backend!r}.",
+                           hint="Use one of those, or build a SQLAlchemy Engine in your own code and pass it as db=.")
+    driver = url.drivername.split("+", 1)[1] if "+" in url.drivername else None
+    if driver is None:
+        url = url.set(drivername=f"{backend}+{_DRIVERS[backend][0]}")
+    elif driver not in _DRIVERS[backend]:
+        raise ConnectError(f"The driver {driver!r} is not one nl2sql can hold read-only for {backend}.",
+                           hint=f"Use {backend}+{_DRIVERS[backend][0]}://..., or pass your own SQLAlchemy Engine.")
+    allowed = _URL_OPTIONS[backend]
+    for key in url.query:
+        if key not in allowed:
+            raise ConnectError(f"The database URL has the option {key!r}, which nl2sql does not accept (it could "
+                               "run code, read files or change session settings).",
+                               hint=f"Remove it; allowed options for {backend}: {', '.join(sorted(allowed)) or 'none'}.")
+    if backend == "sqlite":
+        db = url.database or ""
+        if db.startswith("file:"):
+            raise ConnectError("SQLite URI filenames (file:...) are not accepted: their options can reopen the file "
+                               "writable or attach others.", hint="Give a plain path: sqlite:///path/to/file.sqlite.")
+        if db and db != ":memory:":
+            url = url.set(database=str(check_db_path(db, settings, kind="SQLite")))
+    return url
+
+
+def check_db_path(path, settings, *, kind: str = "database") -> Path:
+    """A database file a user named: it must exist, be a regular file, lie under `allowed_db_paths` when that
+    is set, and not be one of nl2sql's own files (the query log, adapters, caches) other than the demo."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConnectError(f"No {kind} file at {p}.", hint="Check the path, or pass a SQLAlchemy URL.")
+    real = p.resolve()
+    if not real.is_file():
+        raise ConnectError(f"{p} is not a regular file.", hint="Point db= at a .duckdb or .sqlite file.")
+    own = [Path(settings.data_dir).expanduser().resolve(), Path(settings.cache_dir).expanduser().resolve()]
+    if any(_inside(real, d) for d in own) and not re.fullmatch(r"demo-[\w.]+\.duckdb", real.name):
+        raise ConnectError(f"{p} is one of nl2sql's own files (query log, adapters or caches), not a warehouse.",
+                           hint="Point db= at your own database file.")
+    roots = [Path(d).expanduser().resolve() for d in settings.allowed_db_paths.split(os.pathsep) if d.strip()]
+    if roots and not any(_inside(real, r) for r in roots):
+        raise ConnectError(f"{p} is outside the directories database files may be opened from.",
+                           hint="Move the file there, or ask the administrator to extend NL2SQL_ALLOWED_DB_PATHS.")
+    return real
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def _is_duckdb_file(path: Path) -> bool:
@@ -148,13 +255,24 @@ class DuckDBWarehouse(Warehouse):
 
     def run(self, sql, *, row_limit, timeout):
         import duckdb
-        timer = threading.Timer(timeout, self.conn.interrupt)
         with self._lock:
+            # DuckDB's own parser: exactly one SELECT. Read-only mode still allows temp tables, macros, variables
+            # and search_path changes, which would outlive the query on this shared connection.
+            try:
+                statements = self.conn.extract_statements(sql)
+            except duckdb.Error as e:
+                raise ExecutionError(f"DuckDB refused the query: {str(e).splitlines()[0][:300]}",
+                                     hint="Check the SQL against the schema.") from None
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                kinds = ", ".join(str(st.type).rsplit(".", 1)[-1] for st in statements) or "none"
+                raise ExecutionError(f"DuckDB runs one SELECT statement per query here; this SQL has {kinds}.",
+                                     hint="Send one SELECT at a time.")
+            timer = threading.Timer(timeout, self.conn.interrupt)
             timer.start()
             try:
                 cur = self.conn.execute(sql)
                 columns = [d[0] for d in cur.description]
-                rows = cur.fetchmany(row_limit + 1)
+                rows, truncated = _fetch(cur.fetchmany, row_limit, self.settings.max_result_bytes)
             except duckdb.InterruptException:
                 raise QueryTimeout(f"The query ran longer than {timeout:g} s and was stopped.",
                                    hint="Narrow the question, or raise NL2SQL_STATEMENT_TIMEOUT.") from None
@@ -166,7 +284,7 @@ class DuckDBWarehouse(Warehouse):
                                      hint="Check the SQL against the schema.") from None
             finally:
                 timer.cancel()
-        return columns, rows[:row_limit], len(rows) > row_limit
+        return columns, rows, truncated
 
     def close(self):
         try:
@@ -180,11 +298,7 @@ class SQLAlchemyWarehouse(Warehouse):
         import sqlalchemy as sa
         self.settings = settings
         if isinstance(url_or_engine, str):
-            try:
-                url = sa.make_url(url_or_engine)
-            except Exception:
-                raise ConnectError("That database URL is malformed.",
-                                   hint="Use a SQLAlchemy URL such as postgresql://user@host/db.") from None
+            url = check_url(url_or_engine, settings)
             url, connect_args = _read_only_url(url, settings)
             try:
                 self.engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
@@ -231,27 +345,47 @@ class SQLAlchemyWarehouse(Warehouse):
 
     def run(self, sql, *, row_limit, timeout):
         import sqlalchemy as sa
+        dbapi_error = getattr(self.engine.dialect, "loaded_dbapi", None)
+        dbapi_error = getattr(dbapi_error, "Error", sa.exc.DBAPIError)
+        max_bytes = self.settings.max_result_bytes
         with self.engine.connect() as conn:
             raw = conn.connection.dbapi_connection
-            stop = _arm_timeout(self.dialect, conn, raw, timeout, self.is_mariadb)
+            stop = _arm_timeout(self.dialect, conn, raw, timeout, self.is_mariadb, max_bytes)
+            cur = None
             try:
-                result = conn.exec_driver_sql(sql)
-                columns = list(result.keys())
-                rows = [tuple(r) for r in result.fetchmany(row_limit + 1)]
-            except sa.exc.DBAPIError as e:
-                text = _one_line(e.orig if e.orig is not None else e)
+                cur = _open_cursor(self.dialect, raw)
+                if cur is None:  # another driver (an Engine the caller built): the plain path
+                    result = conn.exec_driver_sql(sql)
+                    columns = list(result.keys())
+                    rows, truncated = _fetch(result.fetchmany, row_limit, max_bytes)
+                else:
+                    cur.execute(sql)
+                    if cur.description is None:
+                        raise ExecutionError("The statement returned no rows to show.", hint="Send a SELECT.")
+                    columns = [d[0] for d in cur.description]
+                    rows, truncated = _fetch(cur.fetchmany, row_limit, max_bytes)
+            except (sa.exc.DBAPIError, dbapi_error) as e:
+                text = _one_line(getattr(e, "orig", None) or e)
                 if stop.fired or _is_timeout(text):
                     raise QueryTimeout(f"The query ran longer than {timeout:g} s and was stopped.",
                                        hint="Narrow the question, or raise NL2SQL_STATEMENT_TIMEOUT.") from None
+                if "string or blob too big" in text.lower():
+                    raise ResourceLimitError(f"The query built a value larger than {max_bytes:,} bytes and was stopped.",
+                                             hint="Narrow the question, or raise NL2SQL_MAX_RESULT_BYTES.") from None
                 raise ExecutionError(f"The database refused the query: {_scrub(text, self.engine.url)[:300]}",
                                      hint="Check the SQL against the schema.") from None
             finally:
+                if cur is not None:
+                    try:  # PyMySQL reads and drops the rest of a streamed result here (bounded by the timeout)
+                        cur.close()
+                    except Exception:
+                        pass
                 stop.disarm()
                 try:
                     conn.rollback()  # read-only transaction: nothing to keep, and nothing kept
                 except Exception:
                     pass
-        return columns, rows[:row_limit], len(rows) > row_limit
+        return columns, rows, truncated
 
     def close(self):
         self.engine.dispose()
@@ -278,6 +412,39 @@ def _read_only_url(url, settings):
     return url, args
 
 
+def _fetch(fetchmany, row_limit: int, max_bytes: int):
+    """Up to row_limit rows and about max_bytes of data; (rows, truncated) where truncated means a cap cut it."""
+    rows: list[tuple] = []
+    size = 0
+    while len(rows) <= row_limit:
+        batch = fetchmany(min(500, row_limit + 1 - len(rows)))
+        if not batch:
+            return rows, False
+        for r in batch:
+            size += sum(len(v) if isinstance(v, (str, bytes, bytearray)) else
+                        len(repr(v)) if isinstance(v, (list, dict, tuple)) else 8 for v in r)
+            if size > max_bytes:
+                return rows, True
+            rows.append(tuple(r))
+    return rows[:row_limit], True
+
+
+def _open_cursor(dialect, raw):
+    """The engine-level single-SELECT cursor where the driver has one, else None.
+
+    PostgreSQL (psycopg): a server-side cursor runs `DECLARE ... CURSOR FOR <sql>` over the extended protocol:
+    one statement, SELECT/VALUES only, no data-modifying CTE, and rows stream instead of all landing in memory.
+    MySQL/MariaDB (PyMySQL): an unbuffered cursor, so only the rows we keep are held.
+    """
+    module = type(raw).__module__
+    if dialect == "postgres" and module.startswith("psycopg."):
+        return raw.cursor(name="nl2sql_query")
+    if dialect == "mysql" and module.startswith("pymysql"):
+        import pymysql.cursors
+        return raw.cursor(pymysql.cursors.SSCursor)
+    return None
+
+
 class _Stop:
     """What _arm_timeout set up: whether the limit fired, and how to undo it."""
 
@@ -290,7 +457,18 @@ class _Stop:
             self.undo()
 
 
-def _arm_timeout(dialect, conn, raw, timeout, is_mariadb) -> _Stop:
+def _sqlite_authorizer(action, arg1, arg2, db_name, trigger):
+    """SQLite asks this for every operation while it compiles a statement: reads only."""
+    import sqlite3
+    from .validate import is_denied_function
+    if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE):
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_FUNCTION and not is_denied_function(arg2 or ""):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def _arm_timeout(dialect, conn, raw, timeout, is_mariadb, max_bytes: int = 50_000_000) -> _Stop:
     """Start the per-statement limit each engine understands, inside a read-only transaction."""
     stop = _Stop()
     if dialect == "postgres":
@@ -312,8 +490,20 @@ def _arm_timeout(dialect, conn, raw, timeout, is_mariadb) -> _Stop:
                 stop.fired = True
                 return 1  # non-zero aborts the statement with "interrupted"
             return 0
+        import sqlite3
         raw.set_progress_handler(check, 10000)
-        stop.undo = lambda: raw.set_progress_handler(None, 0)
+        # Engine-level read-only beyond mode=ro: ATTACH would open (and create) other files, pragmas and
+        # load_extension change the connection. The authorizer only sees statements compiled while it is set.
+        raw.set_authorizer(_sqlite_authorizer)
+        attached = raw.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        length = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(1000, min(int(max_bytes), 1_000_000_000)))
+
+        def undo():
+            raw.set_progress_handler(None, 0)
+            raw.set_authorizer(None)
+            raw.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, attached)
+            raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
+        stop.undo = undo
     return stop
 
 
@@ -329,6 +519,11 @@ def _one_line(e) -> str:
 
 
 def _scrub(text: str, url) -> str:
+    """The error text with the URL's password (plain or URL-encoded) replaced."""
+    from urllib.parse import quote, quote_plus
     if url.password:
-        text = text.replace(str(url.password), "***")
+        pw = str(url.password)
+        for form in {pw, quote(pw, safe=""), quote_plus(pw)}:
+            if form:
+                text = text.replace(form, "***")
     return text
