@@ -51,7 +51,9 @@ def _ask(pipe, conn, question: str, follow: Turn | None) -> None:
         st.markdown(question)
     with st.chat_message("assistant"):
         try:
-            with st.spinner("Writing SQL…"), session.ASK_LOCK:
+            first = getattr(pipe, "_generator", None) is None
+            with st.spinner("Loading the model, then writing SQL (the first question takes a minute or two)…"
+                            if first else "Writing SQL…"), session.ASK_LOCK:
                 a = pipe.ask(question, conn.db, examples=t.context)
         except Nl2SqlError as e:
             t.error = str(e)
@@ -130,6 +132,8 @@ def _feedback(t: Turn) -> None:
     left, right = st.columns([1, 4], vertical_alignment="center")
     with left:
         st.feedback("thumbs", key=f"rating-{t.id}", on_change=_rate, args=(t.id,))
+        if st.session_state.get(f"rating-{t.id}") is not None:
+            st.caption("Saved — thank you.")
     with right:
         st.text_input("Comment (optional)", key=f"comment-{t.id}", on_change=_comment, args=(t.id,),
                       placeholder="Comment (optional): what was right or wrong?", label_visibility="collapsed")
