@@ -25,7 +25,9 @@ SQL_DIALECT = "sqlite"  # the dialect the model writes; validate.py transpiles i
 MAX_COMMENT_CHARS = 80
 MAX_SAMPLE_CHARS = 24
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]+")
+# Control, zero-width, bidi and Unicode tag characters (the last can smuggle invisible ASCII instructions).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+                      r"\ufff9-\ufffb\U000e0000-\U000e007f]+")
 
 
 def is_plain_name(name: str) -> bool:

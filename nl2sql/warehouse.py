@@ -352,18 +352,26 @@ class SQLAlchemyWarehouse(Warehouse):
             raw = conn.connection.dbapi_connection
             stop = _arm_timeout(self.dialect, conn, raw, timeout, self.is_mariadb, max_bytes)
             cur = None
+            discard = False
             try:
                 cur = _open_cursor(self.dialect, raw)
-                if cur is None:  # another driver (an Engine the caller built): the plain path
+                if cur is None:  # SQLite, or another driver in an Engine the caller built: the plain path
                     result = conn.exec_driver_sql(sql)
-                    columns = list(result.keys())
-                    rows, truncated = _fetch(result.fetchmany, row_limit, max_bytes)
+                    returns_rows = result.returns_rows
+                    fetchmany = result.fetchmany
+                    columns = list(result.keys()) if returns_rows else []
                 else:
                     cur.execute(sql)
-                    if cur.description is None:
-                        raise ExecutionError("The statement returned no rows to show.", hint="Send a SELECT.")
-                    columns = [d[0] for d in cur.description]
-                    rows, truncated = _fetch(cur.fetchmany, row_limit, max_bytes)
+                    returns_rows = cur.description is not None
+                    fetchmany = cur.fetchmany
+                    columns = [d[0] for d in cur.description] if returns_rows else []
+                if not returns_rows:
+                    # Something other than a query ran (possible only with the SQL checks off): whatever it
+                    # changed in the session (SET, PREPARE, user variables) goes with the connection.
+                    discard = True
+                    raise ExecutionError("The statement is not a query (it returned no result set) and was refused.",
+                                         hint="Send one SELECT statement.")
+                rows, truncated = _fetch(fetchmany, row_limit, max_bytes)
             except (sa.exc.DBAPIError, dbapi_error) as e:
                 text = _one_line(getattr(e, "orig", None) or e)
                 if stop.fired or _is_timeout(text):
@@ -385,6 +393,8 @@ class SQLAlchemyWarehouse(Warehouse):
                     conn.rollback()  # read-only transaction: nothing to keep, and nothing kept
                 except Exception:
                     pass
+                if discard:
+                    conn.invalidate()  # the pool opens a fresh connection for the next query
         return columns, rows, truncated
 
     def close(self):
@@ -436,10 +446,11 @@ def _open_cursor(dialect, raw):
     one statement, SELECT/VALUES only, no data-modifying CTE, and rows stream instead of all landing in memory.
     MySQL/MariaDB (PyMySQL): an unbuffered cursor, so only the rows we keep are held.
     """
-    module = type(raw).__module__
-    if dialect == "postgres" and module.startswith("psycopg."):
+    package = type(raw).__module__.split(".")[0]
+    # (Both also take the SQL as is: through SQLAlchemy, these drivers would read % in LIKE '%x%' as a placeholder.)
+    if dialect == "postgres" and package == "psycopg":
         return raw.cursor(name="nl2sql_query")
-    if dialect == "mysql" and module.startswith("pymysql"):
+    if dialect == "mysql" and package == "pymysql":
         import pymysql.cursors
         return raw.cursor(pymysql.cursors.SSCursor)
     return None
