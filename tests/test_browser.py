@@ -137,7 +137,7 @@ def test_ask_see_table_and_chart_rate_it_in_chromium(server, browser, tmp_path):
     [(question, sql, db, executed, model, adapter, latency, rating)] = WebDriverWait(browser, 30).until(rated)
     assert (question, db, executed, rating) == (QUESTION, "demo", 1, 1)
     assert "region" in sql.lower() and model and adapter and latency > 0
-    browser.execute_script("window.scrollTo(0, 0);")
+    WebDriverWait(browser, 30).until(lambda d: "Saved — thank you." in d.find_element(*main).text)
     ask_png = shots / "app-ask.png"
     browser.save_screenshot(str(ask_png))
 
