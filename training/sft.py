@@ -31,6 +31,7 @@ class TrainConfig:
     data: str = opt("", "JSONL(.gz) of examples with 'prompt' and 'sql' (training/data.py writes these).")
     out: str = opt("", "Output directory: the PEFT adapter, train_meta.json and checkpoints/.")
     base: str = opt("bundled", "Base model: 'bundled', a checkpoint dir, a hub id already cached, or a .gguf file.")
+    tokenizer: str = opt("", "Tokenizer dir to use instead of the base's own (must match what inference uses).")
     epochs: float = opt(3.0, "Passes over the data (fractions allowed).")
     lr: float = opt(4e-4, "Peak learning rate (cosine decay after a linear warm-up).")
     warmup: float = opt(0.03, "Fraction of steps spent warming up the learning rate.")
@@ -68,6 +69,10 @@ def load_base(cfg: TrainConfig, dtype):
     from nl2sql.model import bundled_checkpoint, load_gguf
     if cfg.base.endswith(".gguf"):
         model, tok = load_gguf(Path(cfg.base), dtype)
+        if cfg.tokenizer:
+            # Some transformers releases convert the GGUF tokenizer wrongly (SELECT -> SE LE CT); training
+            # must see exactly the tokens inference sees, so a saved tokenizer can replace it.
+            tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
         return model, tok, file_sha256(Path(cfg.base))
     if cfg.base == "bundled":
         from nl2sql.config import Settings
@@ -77,7 +82,7 @@ def load_base(cfg: TrainConfig, dtype):
         base_hash = pkg.EXPECTED_SHA256
     else:
         path, base_hash = cfg.base, None
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(cfg.tokenizer or str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     if base_hash is None:
         cfg_file = Path(path) / "config.json"
