@@ -38,7 +38,8 @@ def cmd_ask(args) -> int:
         with pd.option_context("display.max_columns", 20, "display.width", 160):
             print()
             print(a.df.to_string(index=False, max_rows=40) if len(a.df) else "(no rows)")
-        note = f"{len(a.df)} row(s)" + (" — truncated at the row limit (NL2SQL_ROW_LIMIT)" if a.truncated else "")
+        note = f"{len(a.df)} row(s)" + (" — truncated at the row or size limit (NL2SQL_ROW_LIMIT, NL2SQL_MAX_RESULT_BYTES)"
+                                        if a.truncated else "")
         print(f"\n{note}; {a.timings.get('total', 0):.2f} s", file=sys.stderr)
     return 0
 

@@ -65,7 +65,8 @@ def open_warehouse(db=None, settings=None) -> "Warehouse":
         path = check_db_path(db, settings, kind="database")
         if path.suffix.lower() in DUCKDB_SUFFIXES or _is_duckdb_file(path):
             return DuckDBWarehouse(path, settings)
-        return SQLAlchemyWarehouse(f"sqlite:///{path}", settings)
+        import sqlalchemy as sa
+        return SQLAlchemyWarehouse(sa.URL.create("sqlite", database=str(path)), settings)  # no ?/# parsing
     scheme = db.split("://", 1)[0].split("+", 1)[0].lower()
     if scheme == "duckdb":
         # duckdb:///relative.duckdb and duckdb:////absolute.duckdb, as SQLAlchemy spells them
@@ -297,7 +298,7 @@ class SQLAlchemyWarehouse(Warehouse):
     def __init__(self, url_or_engine, settings):
         import sqlalchemy as sa
         self.settings = settings
-        if isinstance(url_or_engine, str):
+        if isinstance(url_or_engine, (str, sa.URL)):
             url = check_url(url_or_engine, settings)
             url, connect_args = _read_only_url(url, settings)
             try:
@@ -311,7 +312,7 @@ class SQLAlchemyWarehouse(Warehouse):
         backend = self.engine.dialect.name
         self.dialect = _DIALECTS.get(backend, backend)
         safe = self.engine.url.render_as_string(hide_password=True)
-        self.display_name = Path(self.engine.url.database or "").name if backend == "sqlite" else safe
+        self.display_name = _sqlite_name(self.engine.url.database) if backend == "sqlite" else safe
         try:
             with self.engine.connect() as c:
                 c.exec_driver_sql("SELECT 1")
@@ -401,8 +402,22 @@ class SQLAlchemyWarehouse(Warehouse):
         self.engine.dispose()
 
 
+def _sqlite_name(database: str | None) -> str:
+    """The file name of a SQLite database, also when it is the read-only URI _read_only_url made.
+
+    >>> _sqlite_name("file:/data/my%20shop.sqlite?mode=ro")
+    'my shop.sqlite'
+    """
+    from urllib.parse import unquote
+    db = database or ""
+    if db.startswith("file:"):
+        db = unquote(db[len("file:"):].split("?", 1)[0])
+    return Path(db).name
+
+
 def _read_only_url(url, settings):
     """Engine-level read-only where the driver offers it, plus connect timeouts."""
+    from urllib.parse import quote
     backend = url.get_backend_name()
     args = {}
     if backend == "sqlite":
@@ -411,7 +426,8 @@ def _read_only_url(url, settings):
             path = Path(db).expanduser()
             if not path.exists():
                 raise ConnectError(f"No SQLite file at {path}.", hint="Check the path in the URL.")
-            url = url.set(database=f"file:{path.resolve()}?mode=ro", query={"uri": "true"})
+            # percent-encoded: a ? or # in the file name must not start URI options
+            url = url.set(database=f"file:{quote(str(path.resolve()), safe='/')}?mode=ro", query={"uri": "true"})
         args["check_same_thread"] = False
     elif backend == "postgresql":
         args["connect_timeout"] = max(1, int(settings.connect_timeout))
@@ -506,14 +522,17 @@ def _arm_timeout(dialect, conn, raw, timeout, is_mariadb, max_bytes: int = 50_00
         # Engine-level read-only beyond mode=ro: ATTACH would open (and create) other files, pragmas and
         # load_extension change the connection. The authorizer only sees statements compiled while it is set.
         raw.set_authorizer(_sqlite_authorizer)
-        attached = raw.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        length = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(1000, min(int(max_bytes), 1_000_000_000)))
+        limits = hasattr(raw, "setlimit")  # Python 3.11+; before that the authorizer alone refuses ATTACH
+        if limits:
+            attached = raw.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+            length = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(1000, min(int(max_bytes), 1_000_000_000)))
 
         def undo():
             raw.set_progress_handler(None, 0)
             raw.set_authorizer(None)
-            raw.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, attached)
-            raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
+            if limits:
+                raw.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, attached)
+                raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
         stop.undo = undo
     return stop
 
