@@ -99,3 +99,50 @@ def test_registry_promote_and_rollback(tmp_path):
     (registry.root(data) / "registry.json").write_text("{half")
     with pytest.raises(ConfigError, match="corrupt"):
         registry.promoted_adapter(data)
+
+
+def _log(path, pairs, db):
+    path.write_text("".join(json.dumps({"question": q, "sql": s, "db": db}) + "\n" for q, s in pairs))
+    return path
+
+
+def test_gate_refuses_a_worse_adapter(tmp_path, settings, sqlite_db, fake_pipeline, capsys):
+    """A real (tiny) training run on a logged-pairs file; the gate scores both adapters by execution accuracy on the
+    held-out pairs, here with a scripted model: the new adapter answers wrongly, so it is registered, not promoted."""
+    import argparse
+
+    from nl2sql.evaluate import run_eval
+    from nl2sql.registry import PACKAGE_ADAPTER
+    from training.pipeline import train_command
+    pairs = [("How many singers are there?", "SELECT count(*) FROM singer"),
+             ("List all singer names.", "SELECT name FROM singer"),
+             ("What is the average singer age?", "SELECT avg(age) FROM singer"),
+             ("How many concerts are there?", "SELECT count(*) FROM concert"),
+             ("List the stadium names.", "SELECT name FROM stadium"),
+             ("What is the oldest singer's age?", "SELECT max(age) FROM singer"),
+             ("Which countries do singers come from?", "SELECT DISTINCT country FROM singer"),
+             ("How many stadiums are there?", "SELECT count(*) FROM stadium"),
+             ("List concert names.", "SELECT concert_name FROM concert"),
+             ("What is the youngest singer's age?", "SELECT min(age) FROM singer")]
+    log = _log(tmp_path / "log.jsonl", pairs, str(sqlite_db))
+    data = tmp_path / "data"
+    s = settings.replace(data_dir=data, adapter=str(PACKAGE_ADAPTER), dtype="float32")
+    scored = {}
+
+    def score(adapter, cases, settings):
+        # the candidate answers every held-out question with a wrong query; the current adapter with the gold one
+        worse = adapter != str(PACKAGE_ADAPTER)
+        pipe = fake_pipeline(*["SELECT 12345" if worse else c.gold for c in cases])
+        scored[adapter] = run_eval(cases, pipe, None, progress=False)["execution_accuracy"]
+        return scored[adapter]
+
+    args = argparse.Namespace(log=str(log), spider=None, out=str(tmp_path / "run"), epochs=0.25, max_examples=0,
+                              no_promote=False, force=False)
+    assert train_command(args, s, score=score) == 0
+    out = capsys.readouterr().out
+    version = registry.list_adapters(data)[0]["version"]
+    card = json.loads((registry.root(data) / version / "card.json").read_text())
+    assert card["eval"]["validation_accuracy"] == 0.0 and card["eval"]["previous_adapter_accuracy"] == 1.0
+    assert card["data"]["val_examples"] >= 1 and card["training"]["steps"] >= 1
+    assert registry.promoted_adapter(data) is None      # the shipped adapter stays in use
+    assert "kept the current adapter" in out and version in out

@@ -72,7 +72,9 @@ def make_examples(pairs, schemas: dict[str, Schema], report: PrepReport | None =
             report.duplicates += 1
             continue
         seen.add(key)
-        out.append(Example(db, q, target, build_prompt(schema, q)))
+        # a follow-up keeps the (question, SQL) pairs it was asked after, so training sees the prompt inference saw
+        context = [tuple(c) for c in p.get("context") or () if isinstance(c, (list, tuple)) and len(c) == 2]
+        out.append(Example(db, q, target, build_prompt(schema, q, context)))
     report.kept = len(out)
     return out
 

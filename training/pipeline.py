@@ -54,7 +54,15 @@ def gate_score(adapter: str, cases, settings) -> float:
     return run_eval(cases, pipe, None, progress=False)["execution_accuracy"]
 
 
-def train_command(args, settings) -> int:
+def gate(candidate: str, current: Path | None, cases, settings, score=gate_score):
+    """(candidate accuracy, current accuracy) on the held-out cases; (None, None) when there are none."""
+    if not cases:
+        return None, None
+    return score(candidate, cases, settings), score(str(current) if current else "none", cases, settings)
+
+
+def train_command(args, settings, score=gate_score) -> int:
+    """score(adapter, cases, settings) -> accuracy is the gate's measure (tests pass one with a fake model)."""
     from nl2sql.evaluate import Case
 
     from .sft import TrainConfig, file_sha256, train
@@ -89,9 +97,8 @@ def train_command(args, settings) -> int:
 
     # the gate: held-out pairs, new adapter vs the one in use now
     cases = [Case(e.question, e.sql, None if e.db == "demo" else e.db, e.db) for e in val_ex] if args.log else []
-    new_acc = gate_score(cfg.out, cases, settings) if cases else None
     current = _current_adapter(settings)
-    old_acc = gate_score(str(current) if current else "none", cases, settings) if cases else None
+    new_acc, old_acc = gate(cfg.out, current, cases, settings, score)
     card = {
         "version": version, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "base_model": settings.model,
         "base_sha256": meta["base_sha256"], "git_commit": _git_commit(),
@@ -107,9 +114,13 @@ def train_command(args, settings) -> int:
     (adapter_dir / "card.json").write_text(json.dumps(card, indent=2))
     (adapter_dir / "card.md").write_text(card_markdown(card))
     registry.register(settings.data_dir, adapter_dir, version)
-    better = new_acc is None or old_acc is None or new_acc >= old_acc
+    better = new_acc is not None and (old_acc is None or new_acc >= old_acc)
     if args.no_promote:
         print(f"registered {version} (not promoted: --no-promote)")
+    elif new_acc is None and not args.force:
+        # nothing held out (Spider training): never promote an unmeasured adapter
+        print(f"registered {version}; not promoted: there were no held-out pairs to measure it on. "
+              f"Evaluate it (`nl2sql eval --adapter {adapter_dir}`), then `nl2sql adapters promote {version}`.")
     elif better or args.force:
         registry.promote(settings.data_dir, version)
         print(f"promoted {version}: held-out accuracy {new_acc} vs {old_acc} before")
