@@ -57,6 +57,8 @@ def cmd_eval(args) -> int:
         cases = demo_cases()
     if args.limit:
         cases = cases[: args.limit]
+    if args.sample and args.sample < len(cases):  # evenly spaced, so every database keeps its share
+        cases = [cases[i * len(cases) // args.sample] for i in range(args.sample)]
     out = Path(args.out) if args.out else Path("runs") / "eval" / ("spider" if args.spider else "demo") / "predictions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = run_eval(cases, pipe, out, gold_dialect="sqlite")  # Spider gold and the demo pairs are both SQLite SQL
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="execution accuracy on Spider (--spider DIR) or on the demo benchmark")
     e.add_argument("--spider", help="Spider folder (tables.json, database/, dev_visible.json)")
     e.add_argument("--questions", help="JSON file of {db_id, question, query} (default: dev_visible.json)")
-    e.add_argument("--limit", type=int, default=0)
+    e.add_argument("--limit", type=int, default=0, help="only the first N questions")
+    e.add_argument("--sample", type=int, default=0, help="N evenly spaced questions (all databases keep their share)")
     e.add_argument("--out", help="predictions JSONL (summary.json is written beside it)")
     model_flags(e)
     e.set_defaults(func=cmd_eval)
