@@ -62,6 +62,11 @@ class Pipeline:
         return self._schemas[key]
 
     @property
+    def model_loaded(self) -> bool:
+        """Whether the model is in memory (the first question loads it, which takes longer)."""
+        return self._generator is not None
+
+    @property
     def generator(self):
         if self._generator is None:
             from .generate import SqlGenerator

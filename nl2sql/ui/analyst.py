@@ -51,7 +51,7 @@ def _ask(pipe, conn, question: str, follow: Turn | None) -> None:
         st.markdown(question)
     with st.chat_message("assistant"):
         try:
-            first = getattr(pipe, "_generator", None) is None
+            first = not pipe.model_loaded
             with st.spinner("Loading the model, then writing SQL (the first question takes a minute or two)…"
                             if first else "Writing SQL…"), session.ASK_LOCK:
                 a = pipe.ask(question, conn.db, examples=t.context)
