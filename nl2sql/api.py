@@ -27,6 +27,7 @@ class Answer:
     adapter: str | None = None
     db: str | None = None
     tokens: int = 0
+    attempts: int = 1               # decodings tried (more than one when nl2sql/repair.py branched)
 
     @property
     def ok(self) -> bool:
@@ -94,23 +95,39 @@ class Pipeline:
         if self.settings.constrained:
             from .grammar import sql_grammar
             grammar = sql_grammar(schema)
-        t = time.perf_counter()
-        out = gen.generate(prompt, grammar, self.settings.max_new_tokens, prefix=prefix)
-        timings["generate"] = time.perf_counter() - t
-        answer.raw_sql, answer.tokens = out.text, out.tokens
-        try:
+        from .repair import next_branch, repairable
+        from .validate import validate
+        forced, tried = (), set()
+        for k in ("generate", "validate", "execute"):
+            timings[k] = 0.0
+        while True:
             t = time.perf_counter()
-            from .validate import validate
-            checked = validate(out.text, schema, max_chars=self.settings.max_sql_chars)
-            answer.sql = checked.sql
-            timings["validate"] = time.perf_counter() - t
-            if execute:
+            out = gen.generate(prompt, grammar, self.settings.max_new_tokens, prefix=prefix, **(
+                {"forced": forced} if forced else {}))
+            timings["generate"] += time.perf_counter() - t
+            answer.raw_sql, answer.tokens = out.text, answer.tokens + out.tokens
+            answer.sql = answer.error = answer.error_type = None
+            try:
                 t = time.perf_counter()
-                result = execute_mod.run_checked(self.warehouse(db), checked.sql, self.settings)
-                answer.df, answer.truncated = result.df, result.truncated
-                timings["execute"] = time.perf_counter() - t
-        except Nl2SqlError as e:
-            answer.error, answer.error_type = str(e), type(e).__name__
+                checked = validate(out.text, schema, max_chars=self.settings.max_sql_chars)
+                answer.sql = checked.sql
+                timings["validate"] += time.perf_counter() - t
+                if execute:
+                    t = time.perf_counter()
+                    result = execute_mod.run_checked(self.warehouse(db), checked.sql, self.settings)
+                    answer.df, answer.truncated = result.df, result.truncated
+                    timings["execute"] += time.perf_counter() - t
+                break
+            except Nl2SqlError as e:
+                answer.error, answer.error_type = str(e), type(e).__name__
+                if answer.attempts > self.settings.repair_attempts or not repairable(e):
+                    break
+                forced = next_branch(out, e.message, lambda ids: gen.loaded.tokenizer.decode(ids, skip_special_tokens=True), tried)
+                if forced is None:
+                    break
+                answer.attempts += 1
+        if not execute:
+            timings.pop("execute")
         timings["total"] = time.perf_counter() - t0
         answer.timings = {k: round(v, 4) for k, v in timings.items()}
         return answer

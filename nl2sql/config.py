@@ -46,6 +46,9 @@ class Settings:
     sql_vocab_head: bool = setting(
         False, "Compute logits only over the shipped SQL vocabulary (much faster per token on CPU). Off by default: "
         "the shipped adapter was trained with another tokenization, so its preferred tokens fall outside that vocabulary.")
+    repair_attempts: int = setting(
+        0, "When the SQL fails validation or execution, decode again up to this many times, branching at the "
+        "least certain token of the failing part (nl2sql/repair.py). 0 = answer with the first attempt.")
     constrained: bool = setting(True, "Constrain decoding with the per-schema SQL grammar (outlines + llguidance).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")

@@ -92,8 +92,10 @@ def run_eval(cases: list[Case], pipeline, out_jsonl: Path | None = None, progres
             t0 = time.perf_counter()
             rec = {"db_id": case.db_id, "question": case.question, "gold": case.gold}
             try:
-                answer = pipeline.ask(case.question, case.db, execute=False)
-                rec.update(pred=answer.sql, raw=answer.raw_sql, error=answer.error, tokens=answer.tokens)
+                # executed as a user's question is (so repair sees database errors too), then re-run uncapped to score
+                answer = pipeline.ask(case.question, case.db)
+                rec.update(pred=answer.sql, raw=answer.raw_sql, error=answer.error, tokens=answer.tokens,
+                           attempts=answer.attempts)
                 wh = pipeline.warehouse(case.db)
                 correct = False
                 if answer.sql and not answer.error:

@@ -20,7 +20,7 @@ import json
 import threading
 import warnings
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelError
@@ -36,6 +36,11 @@ class Generation:
     tokens: int
     seconds: float
     constrained: bool
+    # per generated token: its id, how far it led the runner-up (logit gap, inf where there was none or the
+    # caller forced it), and the runner-up's id (-1 if none). nl2sql/repair.py branches on these.
+    ids: list = field(default_factory=list)
+    margins: list = field(default_factory=list)
+    runners_up: list = field(default_factory=list)
 
 
 class SqlGenerator:
@@ -78,8 +83,10 @@ class SqlGenerator:
             self._prefix_cache[prefix_ids] = out.past_key_values
         return copy.deepcopy(self._prefix_cache[prefix_ids])
 
-    def generate(self, prompt: str, grammar: str | None, max_new_tokens: int, prefix: str | None = None) -> Generation:
-        """Greedy decoding of one SQL statement. `prefix` is the part of `prompt` shared across questions."""
+    def generate(self, prompt: str, grammar: str | None, max_new_tokens: int, prefix: str | None = None,
+                 forced: tuple = ()) -> Generation:
+        """Greedy decoding of one SQL statement. `prefix` is the part of `prompt` shared across questions;
+        `forced` token ids are emitted first (a repair branch), each still checked by the grammar."""
         import torch
         from outlines.backends.llguidance import LLGuidanceLogitsProcessor
         tok = self.loaded.tokenizer
@@ -100,9 +107,18 @@ class SqlGenerator:
             vocab = self._vocab_for(ids)  # None: the whole output layer
             head = self.lm_head if vocab is None else self.lm_head[vocab]
             seq = torch.tensor([ids], device=self.loaded.device)
-            step_in = seq[:, n_prefix:]
-            generated = []
-            for _ in range(max_new_tokens):
+            generated, margins, runners_up = [], [], []
+            for t in forced:  # the grammar sees each forced token as if it had been generated
+                if processor:
+                    allowed = processor.process_logits(seq, torch.zeros((1, self.lm_head.shape[0])))
+                    if not torch.isfinite(allowed[0, t]):
+                        raise ModelError("A repair branch left the SQL grammar.", hint="Report this question.")
+                generated.append(int(t))
+                margins.append(float("inf"))
+                runners_up.append(-1)
+                seq = torch.cat([seq, torch.tensor([[int(t)]], device=self.loaded.device)], dim=1)
+            step_in = seq[:, n_prefix:]  # the question (and forced tokens) in one pass after the cached schema
+            for _ in range(max_new_tokens - len(generated)):
                 # 1. run the new tokens through the model, extending the KV cache
                 out = self.inner(input_ids=step_in, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
@@ -121,14 +137,19 @@ class SqlGenerator:
                     if processor:  # the same step's mask, already computed by process_logits above
                         import llguidance.torch
                         llguidance.torch.apply_token_bitmask_inplace(logits[0], processor.bitmask[0])
-                nxt = int(torch.argmax(logits, dim=-1))
+                top = torch.topk(logits[0], 2)
+                nxt = int(top.indices[0])
                 if nxt == tok.eos_token_id:
                     break
+                gap = float(top.values[0] - top.values[1])
                 generated.append(nxt)
+                margins.append(gap if gap == gap else float("inf"))  # nan (-inf - -inf): no runner-up
+                runners_up.append(int(top.indices[1]) if torch.isfinite(top.values[1]) else -1)
                 step_in = torch.tensor([[nxt]], device=self.loaded.device)
                 seq = torch.cat([seq, step_in], dim=1)
             text = tok.decode(generated, skip_special_tokens=True).strip()
-            return Generation(text, len(generated), time.perf_counter() - t0, processor is not None)
+            return Generation(text, len(generated), time.perf_counter() - t0, processor is not None,
+                              generated, margins, runners_up)
 
     def _vocab_for(self, prompt_ids):
         import torch
