@@ -44,8 +44,8 @@ class Settings:
     threads: int = setting(0, "CPU threads for the model; 0 lets torch decide.")
     max_new_tokens: int = setting(160, "Most tokens the model may generate for one SQL query.")
     sql_vocab_head: bool = setting(
-        False, "Compute logits only over the shipped SQL vocabulary (much faster per token on CPU). Off by default: "
-        "the shipped adapter was trained with another tokenization, so its preferred tokens fall outside that vocabulary.")
+        False, "Compute logits only over the SQL vocabulary: tokens of Spider's training SQL, single characters, and "
+        "every spelling of the prompt's words (faster per token on CPU; see the README's benchmarks).")
     repair_attempts: int = setting(
         0, "When the SQL fails validation or execution, decode again up to this many times, branching at the "
         "least certain token of the failing part (nl2sql/repair.py). 0 = answer with the first attempt.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 import threading
 import warnings
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from .errors import ModelError
 
 VOCAB_DIR = Path(__file__).parent / "vocab"
+_WORD = re.compile(r"[^\W_]+(?:_[^\W_]+)*|\d+")  # identifiers and words, as the prompt spells them
 # transformers 5.2x renames past_key_values to cache; the old name works across all 5.x releases we support
 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 
@@ -104,7 +106,7 @@ class SqlGenerator:
                 if ids[: len(p_ids)] == p_ids and len(p_ids) < len(ids):
                     n_prefix = len(p_ids)
             cache = self._prefix(tuple(ids[:n_prefix])) if n_prefix else None
-            vocab = self._vocab_for(ids)  # None: the whole output layer
+            vocab = self._vocab_for(prompt, ids, prefix)  # None: the whole output layer
             head = self.lm_head if vocab is None else self.lm_head[vocab]
             seq = torch.tensor([ids], device=self.loaded.device)
             generated, margins, runners_up = [], [], []
@@ -151,13 +153,27 @@ class SqlGenerator:
             return Generation(text, len(generated), time.perf_counter() - t0, processor is not None,
                               generated, margins, runners_up)
 
-    def _vocab_for(self, prompt_ids):
+    def _vocab_for(self, prompt: str, prompt_ids, prefix: str | None):
         import torch
         if self._base_vocab is None:
             return None
-        ids = set(self._base_vocab) | set(prompt_ids)
+        ids = set(self._base_vocab) | set(prompt_ids) | self._word_tokens(prefix or "")
+        ids |= self._word_tokens(prompt[len(prefix):] if prefix and prompt.startswith(prefix) else prompt)
         ids.add(self.loaded.tokenizer.eos_token_id)
         return torch.tensor(sorted(ids), device=self.loaded.device)
+
+    @functools.lru_cache(maxsize=64)
+    def _word_tokens(self, text: str) -> frozenset:
+        """Tokens that spell the prompt's words where SQL puts them: a word inside the prompt tokenizes as
+        ' Earnings', but in SQL it follows '(' or '.' or a quote and tokenizes differently. Without these the
+        SQL vocabulary lacks the model's preferred spelling and it writes 'EaRningS'."""
+        words = set(_WORD.findall(text))
+        variants = [pre + w for w in words for pre in ("", " ", ".", "(", "'", '"')]
+        variants += [w.lower() for w in words] + [w.upper() for w in words]
+        if not variants:
+            return frozenset()
+        enc = self.loaded.tokenizer(variants, add_special_tokens=False)["input_ids"]
+        return frozenset(t for seq in enc for t in seq)
 
 
 def _load_sql_vocab(tokenizer) -> list[int] | None:
