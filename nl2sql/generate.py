@@ -168,8 +168,8 @@ class SqlGenerator:
         ' Earnings', but in SQL it follows '(' or '.' or a quote and tokenizes differently. Without these the
         SQL vocabulary lacks the model's preferred spelling and it writes 'EaRningS'."""
         words = set(_WORD.findall(text))
-        variants = [pre + w for w in words for pre in ("", " ", ".", "(", "'", '"')]
-        variants += [w.lower() for w in words] + [w.upper() for w in words]
+        variants = [pre + form for w in words for form in {w, w.lower(), w.upper()}
+                    for pre in ("", " ", ".", "(", "'", '"')]
         if not variants:
             return frozenset()
         enc = self.loaded.tokenizer(variants, add_special_tokens=False)["input_ids"]
