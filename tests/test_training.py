@@ -146,3 +146,28 @@ def test_gate_refuses_a_worse_adapter(tmp_path, settings, sqlite_db, fake_pipeli
     assert card["data"]["val_examples"] >= 1 and card["training"]["steps"] >= 1
     assert registry.promoted_adapter(data) is None      # the shipped adapter stays in use
     assert "kept the current adapter" in out and version in out
+
+
+def test_exported_query_log_becomes_training_examples(tmp_path, settings, sqlite_db):
+    """What the app logs (a correction, a thumbs-up, a thumbs-down, a follow-up) is what training reads."""
+    from nl2sql.querylog import QueryLog
+    from training.data import PrepReport
+    from training.pipeline import log_examples
+    log = QueryLog(tmp_path / "log.sqlite")
+    db = str(sqlite_db)
+    a = log.record(question="How many singers?", db=db, sql="SELECT COUNT(*) FROM singer", executed=True, dialect="sqlite")
+    log.feedback(a, rating=1)
+    b = log.record(question="Oldest singer?", db=db, sql="SELECT name FROM singer", executed=True, dialect="sqlite")
+    log.feedback(b, rating=-1, corrected_sql="SELECT name FROM singer ORDER BY age DESC LIMIT 1")
+    c = log.record(question="Now only from France", db=db, sql="SELECT COUNT(*) FROM singer WHERE country = 'France'",
+                   executed=True, dialect="sqlite", context=[["How many singers?", "SELECT COUNT(*) FROM singer"]])
+    log.feedback(c, rating=1)
+    d = log.record(question="Wrong one", db=db, sql="SELECT age FROM singer", executed=True, dialect="sqlite")
+    log.feedback(d, rating=-1)
+    assert log.export_training(tmp_path / "pairs.jsonl") == 4
+    report = PrepReport()
+    examples = log_examples(tmp_path / "pairs.jsonl", settings, report)
+    assert [e.question for e in examples] == ["How many singers?", "Oldest singer?", "Now only from France"]
+    assert "ORDER BY Age DESC" in examples[1].sql                      # the correction, not the generated SQL
+    follow_up = examples[2].prompt
+    assert follow_up.index("How many singers?") < follow_up.index("Now only from France")  # context kept
