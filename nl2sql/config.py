@@ -44,10 +44,10 @@ class Settings:
     threads: int = setting(0, "CPU threads for the model; 0 lets torch decide.")
     max_new_tokens: int = setting(160, "Most tokens the model may generate for one SQL query.")
     sql_vocab_head: bool = setting(
-        False, "Compute logits only over the SQL vocabulary: tokens of Spider's training SQL, single characters, and "
+        True, "Compute logits only over the SQL vocabulary: tokens of Spider's training SQL, single characters, and "
         "every spelling of the prompt's words (faster per token on CPU; see the README's benchmarks).")
     repair_attempts: int = setting(
-        0, "When the SQL fails validation or execution, decode again up to this many times, branching at the "
+        2, "When the SQL fails validation or execution, decode again up to this many times, branching at the "
         "least certain token of the failing part (nl2sql/repair.py). 0 = answer with the first attempt.")
     constrained: bool = setting(True, "Constrain decoding with the per-schema SQL grammar (outlines + llguidance).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")

@@ -96,6 +96,8 @@ def _turn(t: Turn, is_open: bool) -> None:
         if t.df is not None:
             _result(t)
         timings = " · ".join(f"{k} {v:.2f} s" for k, v in t.answer.timings.items())
+        if t.answer.attempts > 1:  # repair decoded again after a failed first try (nl2sql/repair.py)
+            timings += f" · {t.answer.attempts} attempts"
         st.caption(f"{timings} · model {t.answer.model} · adapter {t.answer.adapter} · {t.db_name}")
         _fix(t)
         _feedback(t)
