@@ -85,8 +85,12 @@ def cmd_adapters(args) -> int:
     if args.action == "list":
         for a in registry.list_adapters(s.data_dir):
             mark = "*" if a["promoted"] else " "
-            acc = (a.get("eval") or {}).get("validation_accuracy")
-            print(f"{mark} {a['version']:28s} {a.get('created') or '':20s} val acc {acc if acc is not None else '-'}  {a['path']}")
+            ev = a.get("eval") or {}
+            # trained adapters carry held-out accuracy; the shipped one carries dev_visible accuracy
+            acc, what = ((ev["validation_accuracy"], "held-out") if ev.get("validation_accuracy") is not None else
+                         (ev.get("dev_visible_execution_accuracy"), "dev_visible"))
+            shown = f"{what} {acc * 100:.1f} %" if acc is not None else "not measured"
+            print(f"{mark} {a['version']:28s} {a.get('created') or '':20s} {shown:22s} {a['path']}")
     elif args.action == "promote":
         registry.promote(s.data_dir, args.version)
         print(f"promoted {args.version}")
