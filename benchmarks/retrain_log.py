@@ -54,11 +54,13 @@ def main() -> int:
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     t0 = time.time()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, text=True, capture_output=True)
+    with open(out / "train_output.txt", "w") as log_file:  # follow progress with tail -f
+        proc = subprocess.run(cmd, env=dict(env, PYTHONUNBUFFERED="1"), cwd=ROOT, text=True, stdout=log_file,
+                              stderr=subprocess.STDOUT)
     wall = time.time() - t0
-    (out / "train_output.txt").write_text(proc.stdout + proc.stderr)
+    output = (out / "train_output.txt").read_text()
     if proc.returncode:
-        print(proc.stdout[-2000:] + proc.stderr[-3000:])
+        print(output[-4000:])
         return proc.returncode
     card = json.loads((out / "run" / "adapter" / "card.json").read_text())
     figures = {
@@ -67,7 +69,8 @@ def main() -> int:
         "tokens": card["training"]["tokens"], "training_seconds": card["training"]["wall_seconds"],
         "end_to_end_seconds": round(wall, 1), "held_out_accuracy_new": card["eval"]["validation_accuracy"],
         "held_out_accuracy_current": card["eval"]["previous_adapter_accuracy"],
-        "decision": proc.stdout.strip().splitlines()[-1], "cpu_threads": os.cpu_count(),
+        "decision": [line for line in output.splitlines() if line.startswith(("promoted", "kept", "registered"))][-1:],
+        "cpu_threads": os.cpu_count(),
     }
     (out / "figures.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log", help="JSONL of {question, sql, db} pairs (e.g. from `nl2sql log export`)")
     t.add_argument("--spider", help="Spider folder: train on train_spider.json")
     t.add_argument("--out", help="run directory (default: runs/train/<version>)")
-    t.add_argument("--epochs", type=float, default=None)
+    t.add_argument("--epochs", type=float, default=None, help="passes over the pairs (default: 1 for --log, 2 for --spider)")
     t.add_argument("--max-examples", type=int, default=0)
     t.add_argument("--no-promote", action="store_true", help="register the adapter but never promote it")
     t.add_argument("--force", action="store_true", help="promote even if it scores worse than the current adapter")

@@ -171,3 +171,36 @@ def test_exported_query_log_becomes_training_examples(tmp_path, settings, sqlite
     assert "ORDER BY Age DESC" in examples[1].sql                      # the correction, not the generated SQL
     follow_up = examples[2].prompt
     assert follow_up.index("How many singers?") < follow_up.index("Now only from France")  # context kept
+
+
+def test_shared_schema_prefix_gives_the_same_loss_and_gradients(settings):
+    """Training runs the schema once per batch and reuses its KV cache; that must change nothing but the cost."""
+    from peft import LoraConfig, get_peft_model
+
+    from training.sft import TARGET_MODULES, TrainConfig, collate, load_base, shared_prefix_len, sql_token_loss, tokenize
+    model, tok, _ = load_base(TrainConfig(cache_dir=str(settings.cache_dir)), torch.float32)
+    schema = "-- Database shop. Tables:\norders(order_id number pk, status text e.g. \"open\",\"shipped\", total number)\n"
+    examples = [{"prompt": schema + f"-- Question: {q}\n-- SQL:\n", "sql": s} for q, s in
+                [("How many orders?", "SELECT COUNT(*) FROM orders"), ("Open ones?", "SELECT * FROM orders WHERE status = 'open'"),
+                 ("Largest total?", "SELECT MAX(total) FROM orders")]]
+    items, _ = tokenize(examples, tok, 512)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGET_MODULES,
+                                             task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)  # a trained-looking adapter, so the prefix's gradients matter
+    batch = [0, 1, 2]
+    shared = shared_prefix_len(items, batch)
+    assert shared >= 32 and shared < min(items[j][1] for j in batch)
+    ids, mask, labels = collate(items, batch, tok.pad_token_id, "cpu")
+    results = []
+    for s in (0, shared):
+        model.zero_grad()
+        loss, n = sql_token_loss(model, ids, mask, labels, s)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((loss.detach(), n, grads))
+    (l0, n0, g0), (l1, n1, g1) = results
+    assert n0 == n1
+    torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-5)
+    assert ((g1 - g0).norm() / g0.norm()).item() < 1e-3

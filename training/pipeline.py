@@ -50,7 +50,7 @@ def log_examples(path: Path, settings, report: PrepReport):
 def gate_score(adapter: str, cases, settings) -> float:
     from nl2sql.api import Pipeline
     from nl2sql.evaluate import run_eval
-    pipe = Pipeline(settings.replace(adapter=adapter))
+    pipe = Pipeline(settings.replace(adapter=adapter, repair_attempts=0))  # the adapters' own answers, compared
     return run_eval(cases, pipe, None, progress=False)["execution_accuracy"]
 
 
@@ -88,9 +88,11 @@ def train_command(args, settings, score=gate_score) -> int:
     write_jsonl(val_ex, run_dir / "val.jsonl.gz")
 
     cfg = TrainConfig(data=str(run_dir / "train.jsonl.gz"), out=str(run_dir / "adapter"),
-                      base=settings.model, epochs=args.epochs or 2.0, max_examples=args.max_examples,
-                      cache_dir=str(settings.cache_dir), device=settings.device, dtype=settings.dtype,
-                      batch_size=4, grad_accum=2, lr=2e-4, save_every=25,
+                      base=settings.model, epochs=args.epochs or (1.0 if args.log else 2.0),
+                      max_examples=args.max_examples, cache_dir=str(settings.cache_dir), device=settings.device,
+                      dtype=settings.dtype, lr=2e-4, save_every=25,
+                      # one schema per log: a micro-batch of 8 shares its KV cache (training/sft.py)
+                      batch_size=8, grad_accum=1,
                       init_adapter=str(_current_adapter(settings) or ""))
     t0 = time.time()
     meta = train(cfg, [asdict(e) for e in train_ex])
