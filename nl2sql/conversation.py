@@ -2,7 +2,7 @@
 for 2024" is read against the answer it refers to. The prompt itself is still build_prompt's."""
 from __future__ import annotations
 
-from .prompt import SQL_DIALECT
+from .validate import to_model_dialect
 
 
 def context_examples(question: str | None, sql: str | None, dialect: str | None) -> list[tuple[str, str]]:
@@ -15,10 +15,4 @@ def context_examples(question: str | None, sql: str | None, dialect: str | None)
     """
     if not question or not sql:
         return []
-    if dialect and dialect != SQL_DIALECT:
-        import sqlglot
-        try:
-            sql = sqlglot.transpile(sql, read=dialect, write=SQL_DIALECT)[0]
-        except sqlglot.errors.SqlglotError:
-            pass
-    return [(question, sql)]
+    return [(question, to_model_dialect(sql, dialect))]

@@ -90,6 +90,7 @@ class QueryLog:
         """JSONL of {question, sql, db, label[, context]}: corrected SQL wins over generated; thumbs-down without
         a correction is kept as a negative example (label "negative"); unrated answers are skipped. SQL is
         written in the model's dialect; `context` holds the (question, SQL) pairs a follow-up was asked after."""
+        from .validate import to_model_dialect
         rows = []
         for e in self.entries():
             if e["corrected_sql"]:
@@ -100,7 +101,7 @@ class QueryLog:
                 sql, label = e["sql"] or e["raw_sql"], "negative"
             else:
                 continue
-            row = {"question": e["question"], "sql": _model_dialect(sql, e["dialect"]), "db": e["db"], "label": label}
+            row = {"question": e["question"], "sql": to_model_dialect(sql, e["dialect"]), "db": e["db"], "label": label}
             if e["context"]:
                 row["context"] = json.loads(e["context"])
             rows.append(row)
@@ -110,14 +111,3 @@ class QueryLog:
         os.replace(tmp, out)
         return len(rows)
 
-
-def _model_dialect(sql: str, dialect: str | None) -> str:
-    """SQL from the warehouse's dialect into the one the model writes (what training learns from)."""
-    from .prompt import SQL_DIALECT
-    if not dialect or dialect == SQL_DIALECT:
-        return sql
-    import sqlglot
-    try:
-        return sqlglot.transpile(sql, read=dialect, write=SQL_DIALECT)[0]
-    except sqlglot.errors.SqlglotError:
-        return sql

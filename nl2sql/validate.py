@@ -18,7 +18,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from sqlglot import exp
+from sqlglot import exp, transpile
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
@@ -179,6 +179,21 @@ def _check_depth(tree: exp.Expression) -> None:
                                   hint="Simplify the query.")
         for child in node.iter_expressions():
             depth[id(child)] = d + 1
+
+
+def to_model_dialect(sql: str, dialect: str | None) -> str:
+    """SQL from a warehouse's dialect into the one the model writes (for prompts and training); unchanged if it
+    is already that dialect or sqlglot cannot carry it over.
+
+    >>> to_model_dialect('SELECT "month" FROM t', "duckdb")
+    'SELECT "month" FROM t'
+    """
+    if not dialect or dialect == SQL_DIALECT:
+        return sql
+    try:
+        return transpile(sql, read=dialect, write=SQL_DIALECT)[0]
+    except SqlglotError:
+        return sql
 
 
 def validate(sql: str, schema: Schema, *, dialect: str | None = None, read: str = SQL_DIALECT,
