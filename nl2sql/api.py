@@ -98,12 +98,14 @@ class Pipeline:
         from .repair import next_branch, repairable
         from .validate import validate
         forced, tried = (), set()
+
+        def decode(ids):
+            return gen.loaded.tokenizer.decode(ids, skip_special_tokens=True)
         for k in ("generate", "validate", "execute"):
             timings[k] = 0.0
         while True:
             t = time.perf_counter()
-            out = gen.generate(prompt, grammar, self.settings.max_new_tokens, prefix=prefix, **(
-                {"forced": forced} if forced else {}))
+            out = gen.generate(prompt, grammar, self.settings.max_new_tokens, prefix=prefix, forced=forced)
             timings["generate"] += time.perf_counter() - t
             answer.raw_sql, answer.tokens = out.text, answer.tokens + out.tokens
             answer.sql = answer.error = answer.error_type = None
@@ -122,7 +124,7 @@ class Pipeline:
                 answer.error, answer.error_type = str(e), type(e).__name__
                 if answer.attempts > self.settings.repair_attempts or not repairable(e):
                     break
-                forced = next_branch(out, e.message, lambda ids: gen.loaded.tokenizer.decode(ids, skip_special_tokens=True), tried)
+                forced = next_branch(out, e.message, decode, tried)
                 if forced is None:
                     break
                 answer.attempts += 1

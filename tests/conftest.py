@@ -125,7 +125,7 @@ class FakeGenerator:
         self.grammars = []
         self.loaded = LoadedModel(None, None, "fake", None, "fake-adapter", "cpu")
 
-    def generate(self, prompt, grammar, max_new_tokens, prefix=None):
+    def generate(self, prompt, grammar, max_new_tokens, prefix=None, forced=()):
         from nl2sql.generate import Generation
         self.prompts.append(prompt)
         self.grammars.append(grammar)
