@@ -1,0 +1,532 @@
+"""Value linking: find the database's own spelling of the values a question mentions.
+
+A question says 'french singers' or 'cafe'; the database stores 'France' and 'Café'. `ValueIndex` holds the
+distinct values of the text columns (read through the guarded executor, capped per column, within a time
+budget, cached on disk per schema fingerprint); `link_values` matches the question's words, n-grams and
+quoted phrases against them, case- and accent-insensitively and fuzzily; `format_hints` renders the matches
+as one prompt line.
+
+>>> index = ValueIndex.from_values("shop", {("singer", "country"): ["France", "United States"],
+...                                        ("shop", "name"): ["Café Bleu", "O'Hara's"]})
+>>> hints = link_values("How many French singers went to the cafe bleu or o'hara's?", index)
+>>> print(format_hints(hints))
+-- Values: shop.name = 'Café Bleu'; shop.name = 'O''Hara''s'; singer.country = 'France'
+>>> link_values("How many singers are there?", index)
+[]
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rapidfuzz import fuzz, process
+
+# What a build reads. Defaults chosen so that the index of a large warehouse is ready within the budget and
+# stays small in memory (about 100k values for 20 text columns).
+PER_COLUMN = 5000          # most distinct values read per column
+MAX_VALUE_CHARS = 60       # longer values (descriptions, addresses) are skipped: rarely compared with '='
+BUILD_BUDGET_S = 5.0       # wall-clock budget of one build; columns not reached by then are left for later
+# Matching thresholds, tuned on Spider *train* questions (benchmarks/value_linking.py --tune).
+MIN_SCORE = 85.0           # a hint needs at least this score (0-100)
+MAX_HINTS = 6
+PER_COLUMN_HINTS = 2
+
+CACHE_VERSION = 1
+# Column types whose values are words (the idea of schema._TEXT_TYPES; SQLite columns may have no type).
+_TEXT_TYPES = ("CHAR", "TEXT", "STRING", "CLOB", "ENUM", "NAME")
+# The same class of characters prompt.py strips from database text: values are untrusted data.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+                      r"\ufff9-\ufffb\U000e0000-\U000e007f]+")
+_WORD = re.compile(r"[^\W_]+")  # words: letters and digits (underscores separate)
+# A quoted phrase: quotes at word boundaries, so the apostrophes of "O'Hara" or "singers' names" do not open one.
+_QUOTED = re.compile(r"""(?:^|(?<=[\s(\[,:;]))(?:"([^"]+)"|'([^']+)'|“([^”]+)”|‘([^’]+)’|`([^`]+)`)(?=$|[\s)\].,:;?!])""")
+
+# English function words and the verbs and nouns of questions about data: never a match on their own.
+STOPWORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being below between both
+but by can could did do does doing down during each few for from further had has have having he her here hers
+him his how i if in into is it its itself just me more most my no nor not of off on once only or other our ours
+out over own same she should so some such than that the their theirs them then there these they this those
+through to too under until up very was we were what when where which while who whom why will with would you your
+yours also ever every per via whose
+show shows list lists give find return returns display tell count number numbers name names many much total
+average avg maximum minimum max min sum least greatest highest lowest largest smallest first last top bottom
+order ordered sort sorted descending ascending each different distinct unique
+""".split())
+
+
+@dataclass(frozen=True)
+class ValueHint:
+    """A database value the question seems to mention: table.column = value, with the words that matched."""
+    table: str
+    column: str
+    value: str
+    score: float          # 0-100; 100 = the same words up to case and accents
+    matched_text: str     # the question's words that matched
+
+
+def normalize(text: str) -> str:
+    """Case- and accent-insensitive form: NFKD, combining marks dropped, casefolded, punctuation as spaces.
+
+    >>> normalize("  Café  ,  Ph.D. ")
+    'cafe ph d'
+    """
+    text = unicodedata.normalize("NFKD", str(text))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
+    return " ".join(_WORD.findall(text))
+
+
+def _skeleton(token: str) -> str:
+    """The first letter and the consonants after it ('french' -> 'frnch', 'france' -> 'frnc'): inflected forms
+    and demonyms keep their stem's consonants where the vowels change."""
+    return token[:1] + "".join(ch for ch in token[1:] if ch not in "aeiouy")
+
+
+# Endings that turn one form of a word into another ('herb'/'herbs', 'canada'/'canadian', 'italy'/'italian'):
+# two words that share a stem of 4+ letters and differ only by these are the same word for linking.
+_WORD_ENDINGS = frozenset(("", "s", "es", "e", "a", "o", "y", "i", "ies", "ian", "ians", "an", "ans", "n", "ese",
+                           "ish", "ic", "ed", "ing", "er", "ers", "ern", "ern"))
+# The same on consonant skeletons, for stems whose vowels change ('frnch'/'frnc', 'spnsh'/'spn', 'chns'/'chn').
+_SKELETON_ENDINGS = frozenset(("", "s", "n", "ns", "sh", "h", "ch", "c", "r", "rn", "ng"))
+INFLECTION_SCORE = 92.0    # same stem, different ending
+ABBREVIATION_SCORE = 90.0  # a value word that starts a question word ('comp' for 'computer'), in multi-word values
+TRANSPOSITION_SCORE = 90.0
+INITIALS_SCORE = 88.0      # 'LA' for 'Los Angeles': an all-capitals question word spelling a value's initials
+TYPO_PENALTY = 4.0         # fuzz.ratio minus this, for words alike by edit distance only
+
+
+def _token_similarity(q: str, v: str) -> float:
+    """How alike one question word and one value word are, 0-100.
+
+    Exact > inflection ('herb'/'herbs', 'canadian'/'canada', 'french'/'france') > typo (fuzz.ratio less a
+    penalty). Short words and numbers must match exactly, and the first letter must agree.
+
+    >>> [round(_token_similarity(q, v)) for q, v in [("french", "france"), ("italian", "italy"), ("cafe", "cafes")]]
+    [92, 92, 92]
+    >>> round(max(_token_similarity(q, v) for q, v in [("student", "studio"), ("state", "statistics"), ("category", "cat")]))
+    58
+    """
+    if q == v:
+        return 100.0
+    if len(q) < 3 or len(v) < 3 or q.isdigit() or v.isdigit() or q[0] != v[0]:
+        return 0.0
+    common = len(os.path.commonprefix([q, v]))
+    if common >= 3 and q[common:] in _WORD_ENDINGS and v[common:] in _WORD_ENDINGS and min(len(q), len(v)) >= 4:
+        return INFLECTION_SCORE
+    sq, sv = _skeleton(q), _skeleton(v)
+    c = len(os.path.commonprefix([sq, sv]))
+    if (c >= 3 and min(len(q), len(v)) >= 5 and sq != sv and common >= 2 and fuzz.ratio(q, v) >= 65
+            and sq[c:] in _SKELETON_ENDINGS and sv[c:] in _SKELETON_ENDINGS):
+        return INFLECTION_SCORE
+    if len(q) == len(v) >= 5 and sorted(q) == sorted(v):  # letters swapped: 'goergia'
+        return TRANSPOSITION_SCORE
+    score = fuzz.ratio(q, v) - TYPO_PENALTY
+    return score if min(len(q), len(v)) >= 5 else score - TYPO_PENALTY  # a typo in a short word is a new word
+
+
+# --- the index -----------------------------------------------------------------------------------------
+
+@dataclass
+class ValueIndex:
+    """Distinct values of a database's text columns, with the lookup structures `link_values` needs."""
+    database: str
+    fingerprint: str
+    values: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (table, column) -> values
+    capped: frozenset = frozenset()      # columns with more distinct values than were read
+    unvisited: tuple = ()                # columns the time budget did not reach (the index is partial)
+    failed: tuple = ()                   # (table, column, reason): queries that errored or timed out
+    build_seconds: float = 0.0
+    from_cache: str = ""                 # "", "memory" or "disk"
+
+    def __post_init__(self):
+        self._prepare()
+
+    @property
+    def partial(self) -> bool:
+        """True while some columns were not read because the build ran out of time."""
+        return bool(self.unvisited)
+
+    @property
+    def value_count(self) -> int:
+        return sum(len(v) for v in self.values.values())
+
+    @classmethod
+    def from_values(cls, database: str, values: dict, *, fingerprint: str = "") -> "ValueIndex":
+        """An index over given values ({(table, column): [values]}): for tests, benchmarks and custom sources."""
+        return cls(database, fingerprint, {k: [str(x) for x in v] for k, v in values.items()})
+
+    # lookup structures, rebuilt after loading (never stored)
+    def _prepare(self) -> None:
+        by_norm: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+        for (table, column), vals in self.values.items():
+            for v in vals:
+                n = normalize(v)
+                if n:
+                    by_norm[n].append((table, column, v))
+        self._norms = list(by_norm)
+        self._entries = [by_norm[n] for n in self._norms]
+        self._norm_ids = {n: i for i, n in enumerate(self._norms)}
+        self._tokens = [n.split() for n in self._norms]
+        postings: dict[str, list[int]] = defaultdict(list)
+        for i, toks in enumerate(self._tokens):
+            for t in set(toks):
+                postings[t].append(i)
+        self._postings = dict(postings)
+        self._vocab = sorted(self._postings)
+        by_first: dict[str, list[str]] = defaultdict(list)
+        for t in self._vocab:
+            if len(t) >= 3 and not t.isdigit():
+                by_first[t[0]].append(t)
+        self._by_first = dict(by_first)
+        skel: dict[str, list[str]] = defaultdict(list)
+        for t in self._vocab:
+            if len(t) >= 4 and not t.isdigit():
+                skel[_skeleton(t)].append(t)
+        self._skel = dict(skel)
+        self._skel_sorted = sorted(self._skel)
+        initials: dict[str, list[int]] = defaultdict(list)
+        for i, toks in enumerate(self._tokens):
+            if 2 <= len(toks) <= 4 and all(t.isalpha() for t in toks):
+                initials["".join(t[0] for t in toks)].append(i)
+        self._initials = dict(initials)
+
+    def _similar_tokens(self, q: str) -> dict[str, float]:
+        """Value words like the question word q, with their similarity (see _token_similarity)."""
+        found = {}
+        if q in self._postings:
+            found[q] = 100.0
+        if len(q) < 3 or q.isdigit():
+            return found
+        pool = set()
+        # typos: fuzzy over the words sharing q's first letter
+        bucket = self._by_first.get(q[0], ())
+        for t, _s, _ in process.extract(q, bucket, scorer=fuzz.ratio, score_cutoff=75, limit=20):
+            pool.add(t)
+        # abbreviations and inflections: value words that are prefixes of q, or that q is a prefix of
+        for i in range(3, len(q)):
+            if q[:i] in self._postings:
+                pool.add(q[:i])
+        lo = bisect.bisect_left(self._vocab, q[:4] if len(q) >= 4 else q)
+        stem = q[:4] if len(q) >= 4 else q
+        for t in self._vocab[lo:lo + 200]:
+            if not t.startswith(stem):
+                break
+            pool.add(t)
+        # demonyms and vowel changes: the same consonant skeleton, one a prefix of the other
+        sq = _skeleton(q)
+        if len(sq) >= 4:
+            for i in range(4, len(sq) + 1):
+                pool.update(self._skel.get(sq[:i], ()))
+            lo = bisect.bisect_left(self._skel_sorted, sq)
+            for s in self._skel_sorted[lo:lo + 50]:
+                if not s.startswith(sq):
+                    break
+                pool.update(self._skel[s])
+        for t in pool:
+            if t != q:
+                s = _token_similarity(q, t)
+                if s >= 75:
+                    found[t] = s
+        return found
+
+    # --- persistence ---
+    def to_json(self) -> dict:
+        return {"version": CACHE_VERSION, "database": self.database, "fingerprint": self.fingerprint,
+                "columns": [{"table": t, "column": c, "values": v, "capped": (t, c) in self.capped}
+                            for (t, c), v in self.values.items()],
+                "unvisited": [list(x) for x in self.unvisited], "failed": [list(x) for x in self.failed],
+                "build_seconds": self.build_seconds}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ValueIndex":
+        return cls(d["database"], d["fingerprint"],
+                   {(c["table"], c["column"]): list(c["values"]) for c in d["columns"]},
+                   frozenset((c["table"], c["column"]) for c in d["columns"] if c.get("capped")),
+                   tuple(tuple(x) for x in d.get("unvisited", ())), tuple(tuple(x) for x in d.get("failed", ())),
+                   float(d.get("build_seconds", 0.0)))
+
+    # --- building from a live database ---
+    @classmethod
+    def build(cls, warehouse, schema, settings, *, budget_s: float = BUILD_BUDGET_S, per_column: int = PER_COLUMN,
+              max_value_chars: int = MAX_VALUE_CHARS, use_cache: bool = True) -> "ValueIndex":
+        """The value index of `warehouse`, from memory, the disk cache, or the database.
+
+        Reads `SELECT DISTINCT col ... LIMIT per_column+1` for each text column through the guarded executor,
+        each query stopped at the budget's remaining time; when the budget runs out, the remaining columns are
+        recorded in `unvisited` (`partial` is True) and the next build reads them and completes the cache.
+        """
+        key = _cache_key(warehouse.display_name, schema.fingerprint(), per_column, max_value_chars)
+        path = Path(settings.cache_dir) / "values" / f"{key}.json"
+        cached = None
+        if use_cache:
+            with _MEMORY_LOCK:
+                cached = _MEMORY.get(key)
+            if cached is not None and not cached.partial:
+                cached.from_cache = "memory"
+                return cached
+            if cached is None:
+                cached = _read_cache(path)
+                if cached is not None and not cached.partial:
+                    cached.from_cache = "disk"
+                    with _MEMORY_LOCK:
+                        _MEMORY[key] = cached
+                    return cached
+        t0 = time.perf_counter()
+        if cached is not None:  # a partial index: read the columns it did not reach
+            values, capped, failed = dict(cached.values), set(cached.capped), list(cached.failed)
+            todo = [tuple(c) for c in cached.unvisited]
+        else:
+            values, capped, failed = {}, set(), []
+            todo = text_columns(schema)
+        unvisited = []
+        for table, column in todo:
+            remaining = budget_s - (time.perf_counter() - t0)
+            if remaining <= 0:
+                unvisited.append((table, column))
+                continue
+            try:
+                vals, was_capped = _read_column(warehouse, settings, table, column, per_column, max_value_chars,
+                                                timeout=max(0.1, min(remaining, settings.statement_timeout)))
+            except Exception as e:  # a column we cannot read (permissions, timeout, odd type) is left out
+                failed.append((table, column, f"{type(e).__name__}: {str(e)[:120]}"))
+                continue
+            if vals:
+                values[(table, column)] = vals
+            if was_capped:
+                capped.add((table, column))
+        index = cls(warehouse.display_name, schema.fingerprint(), values, frozenset(capped), tuple(unvisited),
+                    tuple(failed), time.perf_counter() - t0 + (cached.build_seconds if cached else 0.0))
+        if use_cache:
+            _write_cache(path, index)
+            with _MEMORY_LOCK:
+                _MEMORY[key] = index
+        return index
+
+
+_MEMORY: dict[str, ValueIndex] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+def clear_memory_cache() -> None:
+    """Forget the in-memory indexes (the disk cache stays)."""
+    with _MEMORY_LOCK:
+        _MEMORY.clear()
+
+
+def text_columns(schema) -> list[tuple[str, str]]:
+    """(table, column) of every column whose values are text: by type name, or untyped (SQLite)."""
+    return [(t.name, c.name) for t in schema.tables for c in t.columns
+            if c.type == "" or any(k in c.type.upper() for k in _TEXT_TYPES)]
+
+
+def _read_column(warehouse, settings, table, column, per_column, max_chars, *, timeout):
+    from sqlglot import exp
+
+    from .executor import run_checked
+    col = exp.column(column, quoted=True)
+    as_text = exp.cast(col.copy(), "TEXT")
+    sql = (exp.select(col).distinct().from_(exp.table_(table, quoted=True))
+           .where(exp.and_(col.copy().is_(exp.null()).not_(), exp.Length(this=as_text) <= max_chars))
+           .limit(per_column + 1).sql(dialect=warehouse.dialect))
+    limited = settings.replace(row_limit=per_column + 1, statement_timeout=timeout)
+    df = run_checked(warehouse, sql, limited).df
+    out = []
+    for v in df.iloc[:, 0].tolist() if len(df.columns) else []:
+        if v is None or isinstance(v, (bytes, bytearray, memoryview)):
+            continue
+        s = str(v)
+        if s.strip() and len(s) <= max_chars:
+            out.append(s)
+    return out[:per_column], len(out) > per_column
+
+
+def _cache_key(database: str, fingerprint: str, per_column: int, max_chars: int) -> str:
+    raw = json.dumps([CACHE_VERSION, database, fingerprint, per_column, max_chars])
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> ValueIndex | None:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if d.get("version") != CACHE_VERSION:
+            return None
+        index = ValueIndex.from_json(d)
+    except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: rebuild
+        return None
+    return index
+
+
+def _write_cache(path: Path, index: ValueIndex) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".values-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(index.to_json(), f, ensure_ascii=False)
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    except OSError:  # a read-only cache directory costs a rebuild next time, nothing else
+        try:
+            os.unlink(tmp)
+        except (OSError, UnboundLocalError):
+            pass
+
+
+# --- linking a question --------------------------------------------------------------------------------
+
+def link_values(question: str, index: ValueIndex, *, limit: int = MAX_HINTS, per_column: int = PER_COLUMN_HINTS,
+                min_score: float = MIN_SCORE) -> list[ValueHint]:
+    """The values of `index` the question most likely mentions, best first (at most `limit`, `per_column` a column)."""
+    if not index._norms or not question:
+        return []
+    # question words, each normalised alone so that a match maps back to the question's own text
+    words = [("".join(normalize(m.group()).split()), m.start(), m.end()) for m in _WORD.finditer(question)]
+    qtokens = [w for w, _, _ in words]
+    n = len(qtokens)
+    # question word -> similar value words
+    sims: list[dict[str, float]] = []
+    for t in qtokens:
+        sims.append({} if t in STOPWORDS else index._similar_tokens(t))
+    # candidate values: every value containing a similar word (or a stopword, when exact)
+    cand: dict[int, list[int]] = defaultdict(list)  # value id -> question positions that touched it
+    for pos, t in enumerate(qtokens):
+        original = question[words[pos][1]:words[pos][2]]
+        if len(t) == 1 and not (original.isupper() and pos > 0):
+            continue  # a lone letter is a value only when written as one: 'grade A', not 'a' or 'I'
+        hits = dict(sims[pos])
+        if t in STOPWORDS and t in index._postings:
+            hits[t] = 100.0
+        if len(t) >= 4 and t not in STOPWORDS:  # value words that abbreviate this one ('comp' for 'computer')
+            hits.update((t[:i], 0.0) for i in range(3, len(t)) if t[:i] in index._postings)
+        for vt in hits:
+            for vid in index._postings.get(vt, ())[:5000]:
+                cand[vid].append(pos)
+    quoted_text = {}
+    for m in _QUOTED.finditer(question):
+        text = next(g for g in m.groups() if g)
+        if normalize(text):
+            quoted_text.setdefault(normalize(text), text)
+    quoted = list(quoted_text)
+    for q in quoted:  # a quoted phrase may match a value with no word of its own in the vocabulary
+        vid = index._norm_ids.get(q)
+        if vid is not None:
+            cand[vid].append(-1)
+        for choice, _s, vid in process.extract(q, index._norms, scorer=fuzz.ratio, score_cutoff=min_score, limit=5):
+            cand[vid].append(-1)
+
+    scored: list[tuple[float, int, int, str]] = []  # (score, value id, matched length, matched text)
+    for vid, positions in cand.items():
+        vtoks = index._tokens[vid]
+        k = len(vtoks)
+        if sum(1 for t in vtoks if t not in STOPWORDS) == 0 and not any(p == -1 for p in positions):
+            continue  # a value made only of stopwords ('The', 'No') counts only when quoted
+        best, best_span = 0.0, ""
+        starts = {p - i for p in positions if p >= 0 for i in range(k)}
+        for s in starts:
+            for w in (k - 1, k, k + 1):
+                lo, hi = max(0, s), min(n, s + w)
+                if hi <= lo:
+                    continue
+                window = qtokens[lo:hi]
+                score = _window_score(window, vtoks, sims[lo:hi], index._norms[vid])
+                if score > best:
+                    best, best_span = score, question[words[lo][1]:words[hi - 1][2]]
+        value_text = index._norms[vid]
+        for q in quoted:
+            score = 100.0 if q == value_text else fuzz.ratio(q, value_text)
+            if score >= best:
+                best, best_span = score, quoted_text[q]
+        if best >= min_score:
+            scored.append((best, vid, len(value_text), best_span))
+    # initialisms: 'LA' for 'Los Angeles', when few values have those initials
+    seen = {vid for _, vid, _, _ in scored}
+    for _, start, end in words:
+        original = question[start:end]
+        bucket = index._initials.get(original.casefold(), ()) if 2 <= len(original) <= 4 and original.isupper() else ()
+        if INITIALS_SCORE >= min_score and 0 < len(bucket) <= 5:
+            scored.extend((INITIALS_SCORE, vid, len(index._norms[vid]), original) for vid in bucket if vid not in seen)
+
+    scored.sort(key=lambda x: (-x[0], -x[2], index._norms[x[1]]))
+    # Each value once in its likeliest column first, then the same value in its other columns if room is left.
+    qwords = set(qtokens)
+    ranked = [(score, span, _best_spellings(index._entries[vid], question, qwords)) for score, vid, _, span in scored]
+    hints: list[ValueHint] = []
+    per_col: dict[tuple[str, str], int] = defaultdict(int)
+    for round_ in (0, 1):
+        for score, span, spellings in ranked:
+            for table, column, value in (spellings[:1] if round_ == 0 else spellings[1:]):
+                if per_col[(table, column)] >= per_column:
+                    continue
+                per_col[(table, column)] += 1
+                hints.append(ValueHint(table, column, value, round(float(score), 1), span))
+                if len(hints) >= limit:
+                    return hints
+    return hints
+
+
+def _window_score(window: list[str], vtoks: list[str], wsims: list[dict], value_text: str) -> float:
+    """How well a run of question words spells the value: the better of the whole-string similarity and
+    the in-order word-by-word similarity (which credits abbreviations and inflections)."""
+    joined = " ".join(window)
+    if joined == value_text:
+        return 100.0
+    # a run made of stopwords around the match is not a match
+    if all(t in STOPWORDS for t in window):
+        return 0.0
+    whole = fuzz.ratio(joined, value_text) if abs(len(joined) - len(value_text)) <= 0.3 * len(value_text) + 2 else 0.0
+    if len(window) == len(vtoks):
+        per_word = []
+        for q, v, sim in zip(window, vtoks, wsims):
+            score = 100.0 if q == v else sim.get(v, 0.0)
+            if len(vtoks) > 1 and len(v) >= 3 and q.startswith(v) and not v.isdigit():
+                score = max(score, ABBREVIATION_SCORE)  # 'comp sci' for 'computer science'
+            per_word.append(score)
+        words_score = min(per_word) * 0.5 + sum(per_word) / len(per_word) * 0.5
+        whole = max(whole, words_score)
+    return whole
+
+
+def _best_spellings(entries, question: str, qwords: set) -> list[tuple[str, str, str]]:
+    """(table, column, value) for one normalised value, one spelling per column ('France' and 'france': the
+    question's own if present, else the first seen), columns whose name the question mentions first."""
+    chosen: dict[tuple[str, str], str] = {}
+    for table, column, value in entries:
+        key = (table, column)
+        if key not in chosen or (value in question and chosen[key] not in question):
+            chosen[key] = value
+
+    def mentioned(key):
+        table, column = key
+        return (-len(set(normalize(column).split()) & qwords), -len(set(normalize(table).split()) & qwords))
+    return [(t, c, chosen[(t, c)]) for t, c in sorted(chosen, key=mentioned)]
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+def format_hints(hints, *, max_chars: int = MAX_VALUE_CHARS) -> str:
+    """The hints as one prompt line, values as SQL string literals; '' when there are none.
+
+    >>> print(format_hints([ValueHint("cars data", "make", "ford's\\nbest", 90.0, "ford")]))
+    -- Values: "cars data".make = 'ford''s best'
+    """
+    from .prompt import quote_name
+    parts = []
+    for h in hints:
+        value = _CONTROL.sub(" ", str(h.value)).strip()
+        if len(value) > max_chars:
+            value = value[: max_chars - 1] + "…"
+        literal = "'" + value.replace("'", "''") + "'"
+        parts.append(f"{quote_name(_clean_name(h.table))}.{quote_name(_clean_name(h.column))} = {literal}")
+    return "-- Values: " + "; ".join(parts) if parts else ""
+
+
+def _clean_name(name: str) -> str:
+    return _CONTROL.sub(" ", str(name)).strip()
