@@ -1,0 +1,137 @@
+"""Introspection at scale: how long nl2sql takes to read a schema of N tables × M columns.
+
+    python benchmarks/introspect_scale.py                    # DuckDB and PostgreSQL, 1,000 × 10
+    python benchmarks/introspect_scale.py --engines duckdb --tables 200 --profile
+
+Builds the schema once (DuckDB: a file under --dir; PostgreSQL: the database nl2sql_scale on
+127.0.0.1:5432 as postgres, recreated), each table with a primary key, a foreign key to the previous table,
+a comment on every third column and 5 rows, then times, in a fresh warehouse each:
+`describe_tables()` (catalog reads) and `schema.introspect()` with the default 3 sample values per text column
+(one query per text column today). `--profile` prints where the time goes (cProfile, top 15 by cumulative time).
+The target (issue 10): 1,000 tables × 10 columns in ≤ 10 s.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/nl2sql_scale"
+
+
+def ddl(n_tables: int, n_cols: int, dialect: str) -> list[str]:
+    out = []
+    for i in range(n_tables):
+        cols = ["id INTEGER PRIMARY KEY"]
+        for j in range(1, n_cols):
+            if j == 1 and i > 0:
+                cols.append(f"t_{i - 1:04d}_id INTEGER REFERENCES t_{i - 1:04d} (id)")
+            else:
+                cols.append(f"col{j} {'VARCHAR(40)' if j % 2 else 'INTEGER'}")
+        out.append(f"CREATE TABLE t_{i:04d} ({', '.join(cols)})")
+        out.append(f"COMMENT ON TABLE t_{i:04d} IS 'table number {i}'")
+        for j in range(2, n_cols, 3):
+            out.append(f"COMMENT ON COLUMN t_{i:04d}.col{j} IS 'column {j} of table {i}'")
+        values = []
+        for r in range(5):
+            row = [str(r)]
+            for j in range(1, n_cols):
+                if j == 1 and i > 0:
+                    row.append(str(r))
+                else:
+                    row.append(f"'v{r}-{j}'" if j % 2 else str(r * j))
+            values.append(f"({', '.join(row)})")
+        out.append(f"INSERT INTO t_{i:04d} VALUES {', '.join(values)}")
+    return out
+
+
+def make_duckdb(path: Path, n_tables: int, n_cols: int) -> str:
+    import duckdb
+    if path.exists():
+        path.unlink()
+    con = duckdb.connect(str(path))
+    con.execute("BEGIN")
+    for s in ddl(n_tables, n_cols, "duckdb"):
+        con.execute(s)
+    con.execute("COMMIT")
+    con.close()
+    return str(path)
+
+
+def make_postgres(n_tables: int, n_cols: int) -> str:
+    import sqlalchemy as sa
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql("DROP DATABASE IF EXISTS nl2sql_scale WITH (FORCE)")
+        c.exec_driver_sql("CREATE DATABASE nl2sql_scale")
+    admin.dispose()
+    eng = sa.create_engine(PG_URL)
+    with eng.begin() as c:
+        for s in ddl(n_tables, n_cols, "postgres"):
+            c.exec_driver_sql(s)
+    eng.dispose()
+    return PG_URL
+
+
+def timed(label, fn, profile: bool):
+    prof = cProfile.Profile() if profile else None
+    t0 = time.perf_counter()
+    if prof:
+        prof.enable()
+    result = fn()
+    if prof:
+        prof.disable()
+    secs = time.perf_counter() - t0
+    print(f"  {label:<44} {secs:7.2f} s")
+    if prof:
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(15)
+        print("\n".join("    " + ln for ln in buf.getvalue().splitlines()[4:30] if ln.strip()))
+    return result, secs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engines", nargs="+", default=["duckdb", "postgres"], choices=["duckdb", "postgres"])
+    ap.add_argument("--tables", type=int, default=1000)
+    ap.add_argument("--columns", type=int, default=10)
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "nl2sql-bench")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args(argv)
+
+    from nl2sql.config import Settings
+    from nl2sql.linking import SchemaIndex, clear_memory_cache
+    from nl2sql.schema import introspect
+    from nl2sql.warehouse import open_warehouse
+    settings = Settings.from_env()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    for engine in args.engines:
+        t0 = time.perf_counter()
+        db = (make_duckdb(args.dir / f"scale-{args.tables}x{args.columns}.duckdb", args.tables, args.columns)
+              if engine == "duckdb" else make_postgres(args.tables, args.columns))
+        print(f"{engine}: {args.tables} tables × {args.columns} columns built in {time.perf_counter() - t0:.1f} s")
+        wh = open_warehouse(db, settings)
+        tables, _ = timed("describe_tables()", wh.describe_tables, args.profile)
+        wh.close()
+        wh = open_warehouse(db, settings)
+        schema, _ = timed(f"introspect(sample_values={settings.sample_values})",
+                          lambda: introspect(wh, sample_values=settings.sample_values), args.profile)
+        wh.close()
+        fks = sum(len(t.foreign_keys) for t in schema.tables)
+        print(f"  read {len(schema.tables)} tables, {schema.column_count} columns, {fks} foreign keys, "
+              f"{sum(1 for t in schema.tables for c in t.columns if c.comment)} column comments")
+        clear_memory_cache()
+        timed("linking index build (no disk cache)", lambda: SchemaIndex.build(schema), False)
+
+
+if __name__ == "__main__":
+    main()
