@@ -1,4 +1,5 @@
-"""The sidebar: connection picker (demo warehouse, a DuckDB/SQLite file, a SQLAlchemy URL) and schema browser."""
+"""The sidebar: connection picker (demo warehouse, a DuckDB/SQLite file, a SQLAlchemy URL) and schema browser
+(a search box, and at most a page of tables at once, so a warehouse of 1,000 tables stays usable)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,11 +50,39 @@ def connection(pipe) -> Connection:
     return Connection(db, schema)
 
 
+PAGE = 25  # tables shown at once: a warehouse of 1,000 tables must not render 1,000 expanders
+
+
+def matching_tables(schema, query: str) -> list:
+    """Tables whose name, comment, columns or column comments hold every word of `query` (case-insensitive);
+    tables matched by name first, then the others, each in schema order. An empty query matches every table."""
+    terms = query.lower().split()
+    if not terms:
+        return list(schema.tables)
+    by_name, by_content = [], []
+    for t in schema.tables:
+        name = t.name.lower()
+        text = " ".join([name, t.comment.lower()] + [f"{c.name} {c.comment}".lower() for c in t.columns])
+        if all(w in text for w in terms):
+            (by_name if all(w in name for w in terms) else by_content).append(t)
+    return by_name + by_content
+
+
 def schema_browser(schema) -> None:
     import pandas as pd
     st.sidebar.header("Schema")
     st.sidebar.caption(f"{schema.name} · {len(schema.tables)} tables · {schema.column_count} columns")
-    for t in schema.tables:
+    query = st.sidebar.text_input("Find a table or column", key="schema_search",
+                                  placeholder="table, column or comment words").strip()
+    found = matching_tables(schema, query)
+    shown_key = f"schema_shown:{schema.name}:{query}"
+    limit = st.session_state.get(shown_key, PAGE)
+    if query and not found:
+        st.sidebar.caption(f"No table or column matches “{query}”.")
+    elif len(found) > limit:
+        st.sidebar.caption(f"Showing {limit} of {len(found)} {'matching ' if query else ''}tables"
+                           f"{'' if query else ': type above to find one'}.")
+    for t in found[:limit]:
         with st.sidebar.expander(f"{t.name} ({len(t.columns)})"):
             if t.comment:
                 st.caption(t.comment)
@@ -61,3 +90,6 @@ def schema_browser(schema) -> None:
             rows = [{"column": c.name, "type": c.type, "key": "PK" if c.primary_key else fks.get(c.name, ""),
                      "comment": c.comment, "sample values": ", ".join(c.samples)} for c in t.columns]
             st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if len(found) > limit:
+        st.sidebar.button(f"Show {min(PAGE, len(found) - limit)} more", key="schema_more",
+                          on_click=lambda: st.session_state.__setitem__(shown_key, limit + PAGE))
