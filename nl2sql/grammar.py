@@ -1,10 +1,21 @@
 """A context-free grammar (Lark syntax, as llguidance reads it) for the SQL the model may write.
 
 It is specialised per schema: table and column positions accept only the schema's names (bare when the
-name is plain, double-quoted or backticked otherwise), so constrained decoding cannot invent a table.
-It covers what analysts ask and everything in Spider's gold queries: joins, aggregates, GROUP BY/HAVING,
-ORDER BY/LIMIT, nested subqueries, UNION/INTERSECT/EXCEPT, CASE, LIKE/IN/BETWEEN, IS NULL, arithmetic,
-CAST and date functions. Keywords are case-insensitive. Compiled grammars are cached per schema.
+name is plain, double-quoted, backticked or bracketed otherwise), so constrained decoding cannot invent a
+table. Which column may follow which table or alias is a matter of scope, which a context-free grammar cannot
+express (SELECT comes before FROM); nl2sql/binding.py checks that during decoding.
+
+Shaped for llguidance's Earley parser, whose work per token grows with the number of parse items:
+  - each class of names is ONE lexeme (a regex alternation), not one grammar alternative per name, and a
+    qualified column (`T1.name`) is one lexeme too, so a 300-table schema costs the parser what a 3-table one does;
+  - expressions are flat (operand, operator, operand, ...): precedence does not matter for what is accepted,
+    and every level of a precedence ladder would multiply the items at each nesting;
+  - no single-character lexemes (they complete on almost every token, and each completion is parser work);
+  - no lexeme has a space after a part that is itself a lexeme allowed at the same point ("LEFT OUTER",
+    "IS NOT", "T1 .name"): llguidance lexes greedily without backtracking, so "LEFT JOIN" would die at the J.
+It covers what analysts ask and Spider's gold queries: joins, aggregates, GROUP BY/HAVING, ORDER BY/LIMIT,
+nested subqueries, UNION/INTERSECT/EXCEPT, CASE, LIKE/IN/BETWEEN, IS NULL, arithmetic, CAST and date functions.
+Every SELECT reads FROM a table: a query that names no table is no answer to a question about data.
 
 >>> from nl2sql.schema import Schema, Table, Column
 >>> g = sql_grammar(Schema("x", "sqlite", (Table("singer", (Column("name"), Column("Home Town"))),)))
@@ -12,13 +23,14 @@ CAST and date functions. Keywords are case-insensitive. Compiled grammars are ca
 True
 >>> parses(g, "SELECT salary FROM singer")
 False
+>>> parses(g, "SELECT COUNT(*)")
+False
 """
 from __future__ import annotations
 
 import functools
-import json
 
-from .prompt import double_quoted, is_plain_name
+from .prompt import is_plain_name
 from .schema import Schema
 
 AGGREGATES = ("count", "sum", "avg", "min", "max", "total", "group_concat")
@@ -28,6 +40,9 @@ FUNCTIONS = (
     "cast", "printf", "random", "typeof", "min", "max", "floor", "ceil", "ceiling", "sqrt", "power",
     "concat", "extract", "date_trunc", "year", "month", "day", "now", "current_date",
 )
+# Source aliases: T1..T99 as Spider and most analysts write them, or a short word (a, t, ord). The same
+# spellings qualify columns (`T1.name`), together with the table names themselves.
+SOURCE_ALIAS = r"[A-Za-z][A-Za-z0-9_]{0,2}"
 
 _BASE = r"""
 start: query ";"?
@@ -36,14 +51,14 @@ with_clause: "WITH"i cte ("," cte)*
 cte: ALIAS "AS"i "(" query ")"
 compound: select_core (set_op select_core)*
 set_op: "UNION"i "ALL"i? | "INTERSECT"i | "EXCEPT"i
-select_core: "SELECT"i ("DISTINCT"i | "ALL"i)? select_list from_clause? where? group_by? having?
+select_core: "SELECT"i ("DISTINCT"i | "ALL"i)? select_list from_clause where? group_by? having?
            | "(" query ")"
 select_list: select_item ("," select_item)*
-select_item: "*" | qualifier "." "*" | expr ("AS"i ALIAS)?
-from_clause: "FROM"i source (join)*
-source: table_name ("AS"i? qualifier_alias)? | "(" query ")" ("AS"i? qualifier_alias)?
-join: "," source | join_kind? "JOIN"i source ("ON"i expr)?
-join_kind: "LEFT"i "OUTER"i? | "RIGHT"i "OUTER"i? | "FULL"i "OUTER"i? | "INNER"i | "CROSS"i | "NATURAL"i
+select_item: STAR | QUALIFIED_STAR | expr ("AS"i ALIAS)?
+from_clause: "FROM"i source join*
+source: TABLE ("AS"i? SOURCE_ALIAS)? | "(" query ")" ("AS"i? SOURCE_ALIAS)?
+join: "," source | (JOIN_KIND "OUTER"i?)? "JOIN"i source ("ON"i expr)?
+JOIN_KIND: /(LEFT|RIGHT|FULL|INNER|CROSS|NATURAL)/i
 where: "WHERE"i expr
 group_by: "GROUP"i "BY"i expr ("," expr)*
 having: "HAVING"i expr
@@ -51,30 +66,24 @@ order_by: "ORDER"i "BY"i order_item ("," order_item)*
 order_item: expr ("ASC"i | "DESC"i)? ("NULLS"i ("FIRST"i | "LAST"i))?
 limit: "LIMIT"i NUMBER ("OFFSET"i NUMBER)?
 
-expr: disjunct ("OR"i disjunct)*
-disjunct: conjunct ("AND"i conjunct)*
-conjunct: "NOT"i conjunct | predicate
-predicate: sum (comparison sum)?
-         | sum "NOT"i? "BETWEEN"i sum "AND"i sum
-         | sum "NOT"i? "IN"i "(" (query | expr_list) ")"
-         | sum "NOT"i? ("LIKE"i | "GLOB"i) sum
-         | sum "IS"i "NOT"i? ("NULL"i | sum)
-         | "NOT"i? "EXISTS"i "(" query ")"
-comparison: "=" | "==" | "!=" | "<>" | "<" | ">" | "<=" | ">="
-sum: product (("+" | "-" | "||") product)*
-product: unary (("*" | "/" | "%") unary)*
-unary: "-" unary | "+" unary | atom
-atom: literal | column | call | case | cast | "(" query ")" | "(" expr_list ")"
+expr: prefix* operand (infix prefix* operand | suffix)*
+prefix: "NOT"i | SIGN
+infix: OPERATOR | "NOT"i? NEGATABLE
+suffix: "IS"i "NOT"i? operand | "NOT"i? "IN"i "(" (query | expr_list) ")"
+operand: literal | COLUMN | QUALIFIED_COLUMN | call | case | cast | "(" query ")" | "(" expr_list ")"
+       | "NOT"i? "EXISTS"i "(" query ")"
 expr_list: expr ("," expr)*
-call: AGGREGATE "(" ("DISTINCT"i)? expr ")" | "count"i "(" "*" ")" | FUNCTION "(" expr_list? ")"
+call: AGGREGATE "(" ("DISTINCT"i? expr | STAR) ")" | FUNCTION "(" expr_list? ")"
     | "extract"i "(" DATE_PART "FROM"i expr ")"
 case: "CASE"i expr? ("WHEN"i expr "THEN"i expr)+ ("ELSE"i expr)? "END"i
 cast: "CAST"i "(" expr "AS"i TYPE_NAME ")"
-column: (qualifier ".")? column_name
-qualifier: table_name | qualifier_alias
-literal: STRING | NUMBER | "NULL"i | "TRUE"i | "FALSE"i | "CURRENT_DATE"i | "CURRENT_TIMESTAMP"i
+literal: STRING | NUMBER | KEYWORD_LITERAL
 
-qualifier_alias: /[Tt][0-9]{1,2}/ | /[a-zA-Z]/
+SIGN: /[-+]/
+OPERATOR: /(AND|OR|=|==|!=|<>|<|>|<=|>=|\+|-|\*|\/|%|\|\|)/i
+NEGATABLE: /(LIKE|GLOB|BETWEEN)/i
+KEYWORD_LITERAL: /(NULL|TRUE|FALSE|CURRENT_DATE|CURRENT_TIMESTAMP)/i
+STAR: "*"
 ALIAS: /[A-Za-z_][A-Za-z0-9_]{0,30}/
 STRING: /'([^'\n]|'')*'/ | /"[^"\n]*"/
 NUMBER: /[0-9]+(\.[0-9]+)?/ | /\.[0-9]+/
@@ -83,17 +92,31 @@ DATE_PART: /(YEAR|MONTH|DAY|QUARTER|WEEK|DOW|HOUR|MINUTE)/i
 %ignore /[ \t\r\n]+/
 """
 
+_REGEX_SPECIAL = set("\\.+*?()|[]{}^$#&-~/\"'")
 
-def _alternatives(names) -> str:
-    """Lark alternatives for a set of names: every spelling a model or a person might use."""
+
+def _escape(text: str) -> str:
+    """Escape for a Lark /regex/ as llguidance reads it (Rust regex syntax): punctuation only."""
+    return "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
+
+
+def _ci(name: str) -> str:
+    """A plain name, any letter case: [Ss][Ii]..."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() and c.upper() != c.lower() else _escape(c)
+                   for c in name)
+
+
+def name_regex(names) -> str:
+    """One regex for a set of names: every spelling a model or a person might use (bare, any case, when plain;
+    exactly as spelled inside double quotes, backticks or brackets otherwise)."""
     alts = set()
     for n in names:
         if is_plain_name(n):
-            alts.add(json.dumps(n) + "i")
-        alts.add(json.dumps(double_quoted(n)))
-        alts.add(json.dumps("`" + n + "`"))
-        alts.add(json.dumps("[" + n + "]"))
-    return " | ".join(sorted(alts))
+            alts.add(_ci(n))
+        alts.add(_escape('"' + n.replace('"', '""') + '"'))
+        alts.add(_escape("`" + n + "`"))
+        alts.add(_escape("[" + n + "]"))
+    return "(" + "|".join(sorted(alts)) + ")"
 
 
 def sql_grammar(schema: Schema) -> str:
@@ -104,13 +127,18 @@ def sql_grammar(schema: Schema) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _grammar_for(_fingerprint: str, tables: tuple[str, ...], columns: tuple[str, ...]) -> str:
-    fn_names = " | ".join(json.dumps(f) + "i" for f in FUNCTIONS)
-    agg_names = " | ".join(json.dumps(f) + "i" for f in AGGREGATES)
+    table, column = name_regex(tables), name_regex(columns)
+    qualifier = f"({SOURCE_ALIAS}|{table})"
+    fn_names = "|".join(_ci(f) for f in FUNCTIONS)
+    agg_names = "|".join(_ci(f) for f in AGGREGATES)
     return (_BASE
-            + f"table_name: {_alternatives(tables)}\n"
-            + f"column_name: {_alternatives(columns)}\n"
-            + f"AGGREGATE: {agg_names}\n"
-            + f"FUNCTION: {fn_names}\n")
+            + f"TABLE: /{table}/\n"
+            + f"COLUMN: /{column}/\n"
+            + f"QUALIFIED_COLUMN: /{qualifier}\\. ?{column}/\n"
+            + f"QUALIFIED_STAR: /{qualifier}\\.\\*/\n"
+            + f"SOURCE_ALIAS: /{SOURCE_ALIAS}/\n"
+            + f"AGGREGATE: /({agg_names})/\n"
+            + f"FUNCTION: /({fn_names})/\n")
 
 
 @functools.lru_cache(maxsize=64)
