@@ -58,6 +58,7 @@ COLUMN_WEIGHT = 0.5
 MENTION_BONUS = 3.0
 NEIGHBOUR_WEIGHT = 0.3
 K1, B = 1.2, 0.75
+BRIDGES = True  # also keep tables that join two kept tables
 PREFIX_CHARS = 5  # words this long or longer also match by their first letters ('professor' ~ 'profession')
 
 _STOPWORDS = frozenset("""
@@ -304,6 +305,16 @@ class SchemaIndex:
             path_only.extend(j for j in new if j != i)
             used += cost
             ranked_kept += 1
+        if BRIDGES:
+            # a table joined by FK to two kept tables is how they usually meet (many-to-many): keep it too
+            kept_set = set(kept)
+            for j in range(len(self._names)):
+                if j not in kept_set and sum(n in kept_set for n in self._neighbours[j]) >= 2:
+                    cost = self._width(j, wide_table_columns)
+                    if used + cost <= budget:
+                        kept.append(j)
+                        path_only.append(j)
+                        used += cost
         return self._linked(kept, path_only, by_name, col_scores, question, wide_table_columns, budget)
 
     def widen(self, linked: Linked, names, *, max_tables_per_name: int = 2,
