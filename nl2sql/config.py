@@ -70,6 +70,16 @@ class Settings:
     cache_dir: Path = setting(_user_dir("cache"), "Where converted model checkpoints, schemas and grammars are cached.")
     data_dir: Path = setting(_user_dir("data"), "Where the demo warehouse, adapter registry and query log live.")
     query_log: str = setting("", "Query log file; empty means <data_dir>/querylog.sqlite.")
+    extra_functions: str = setting(
+        "", "Functions (comma-separated names) to allow beyond the built-in allowlist of analyst functions. An "
+        "administrator's choice and risk: a function that reads files, sleeps, locks or runs SQL from a string "
+        "gets past the SQL checks once it is named here.")
+    extra_tables: str = setting(
+        "", "Tables outside the connected schema that queries may read, comma-separated: 'table', 'schema.table' or "
+        "'schema.*' (e.g. information_schema.columns). System catalogs expose users, sessions and server settings.")
+    max_function_size: int = setting(
+        100_000, "Largest constant size argument for functions that build values or rows (repeat, lpad/rpad, space, "
+        "printf/format widths, range/generate_series lengths); non-constant sizes are refused.")
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":

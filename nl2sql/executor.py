@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from sqlglot.errors import SqlglotError
 
-from .errors import ValidationError
-from .validate import parse_one_query
+from .errors import UnsafeSQLError, ValidationError
+from .validate import FunctionPolicy, TablePolicy, check_text_that_runs, parse_one_query
 
 
 @dataclass
@@ -46,15 +46,35 @@ def guard(warehouse, sql: str, settings) -> str:
     """Re-check the read-only rules in the warehouse's dialect; every caller that runs SQL goes through here.
 
     Returns the SQL to run: the checked tree written back out in the warehouse's dialect, without comments.
+    That text is parsed once more and checked again (functions by the names written there, tables against
+    the connected schema), so what runs is exactly what was checked.
     """
     if not _CHECK_SQL:
         return sql
-    tree = parse_one_query(sql, read=warehouse.dialect, max_chars=settings.max_sql_chars)
+    dialect = warehouse.dialect
+    functions = FunctionPolicy.from_settings(dialect, settings)
+    tree = parse_one_query(sql, read=dialect, max_chars=settings.max_sql_chars, functions=functions)
     try:
-        return tree.sql(dialect=warehouse.dialect, comments=False)
+        out = tree.sql(dialect=writer_dialect(warehouse), comments=False)
     except (SqlglotError, RecursionError) as e:
-        raise ValidationError(f"The SQL cannot be written for {warehouse.dialect}: {str(e).strip()[:200]}",
+        raise ValidationError(f"The SQL cannot be written for {dialect}: {str(e).strip()[:200]}",
                               hint="Simplify the query.") from None
+    try:
+        check_text_that_runs(out, dialect, functions, _tables(warehouse, settings))
+    except UnsafeSQLError:
+        # a table created since the schema was read: read it again (rate-limited) before refusing
+        check_text_that_runs(out, dialect, functions, _tables(warehouse, settings, refresh=True))
+    return out
+
+
+def writer_dialect(warehouse) -> str:
+    """The sqlglot dialect that writes SQL for this warehouse (MariaDB differs from MySQL in a few functions)."""
+    return "mariadb" if getattr(warehouse, "is_mariadb", False) else warehouse.dialect
+
+
+def _tables(warehouse, settings, *, refresh: bool = False) -> TablePolicy:
+    names, schemas = warehouse.table_allowlist(refresh=refresh)
+    return TablePolicy.build(names, schemas, getattr(settings, "extra_tables", ""))
 
 
 def run_checked(warehouse, sql: str, settings) -> Result:
@@ -65,7 +85,10 @@ def run_checked(warehouse, sql: str, settings) -> Result:
 def _run(warehouse, sql: str, settings) -> Result:
     import pandas as pd
     t0 = time.perf_counter()
-    columns, rows, truncated = warehouse.run(sql, row_limit=settings.row_limit, timeout=settings.statement_timeout)
+    # functions nl2sql did not vet may leave server-side state (a backup, a lock): such sessions are not reused
+    unvetted = not _CHECK_SQL or bool(getattr(settings, "extra_functions", "").strip())
+    columns, rows, truncated = warehouse.run(sql, row_limit=settings.row_limit, timeout=settings.statement_timeout,
+                                             **({"fresh_session": True} if unvetted else {}))
     df = pd.DataFrame.from_records(rows, columns=_unique(columns)) if rows else pd.DataFrame(columns=_unique(columns))
     return Result(sql, df, truncated, time.perf_counter() - t0)
 

@@ -14,18 +14,30 @@ nl2sql.errors.UnsafeSQLError: Only read-only queries may run; this SQL is a DROP
 """
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
 
 from sqlglot import exp, transpile
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 
 from .errors import UnsafeSQLError, ValidationError
 from .prompt import SQL_DIALECT
 from .schema import Schema
+
+class MariaDB(MySQL):
+    """MySQL as sqlglot writes it, except where MariaDB lacks the function (10.11 has no REGEXP_LIKE).
+    Defining the class registers the sqlglot dialect name "mariadb"."""
+
+    class Generator(MySQL.Generator):
+        TRANSFORMS = {**MySQL.Generator.TRANSFORMS,
+                      exp.RegexpLike: lambda self, e: (self.binary(e, "REGEXP") if not e.args.get("flag")
+                                                       else self.function_fallback_sql(e))}
+
 
 MAX_DEPTH = 64  # deeper trees are refused: sqlglot and the engines recurse on them
 
@@ -40,52 +52,242 @@ _FORBIDDEN_NODES = tuple(getattr(exp, n) for n in (
     "Describe", "Show", "Summarize", "Lock", "Parameter", "SessionParameter", "Placeholder", "Export",
 ) if hasattr(exp, n))
 
-# Functions that read files, reach the network, sleep, run SQL from a string, or touch server state.
-# One set for every engine: a name that is harmless on one engine is still refused on all (fail closed).
-DENIED_FUNCTIONS = {
-    # DuckDB: file/network readers, dynamic SQL, extension, settings and variable access
-    "read_csv", "read_csv_auto", "read_json", "read_json_auto", "read_json_objects", "read_ndjson",
-    "read_ndjson_auto", "read_ndjson_objects", "read_parquet", "parquet_scan", "parquet_metadata",
-    "parquet_schema", "parquet_file_metadata", "parquet_kv_metadata", "read_text", "read_blob", "glob",
-    "sniff_csv", "read_xlsx", "st_read", "iceberg_scan", "delta_scan", "sqlite_scan", "sqlite_attach",
-    "postgres_scan", "postgres_attach", "mysql_scan", "query", "query_table", "duckdb_secrets",
-    "duckdb_settings", "current_setting", "getenv", "load_extension", "httpfs", "read_csv_file",
-    "getvariable", "which_secret", "json_execute_serialized_sql", "checkpoint", "force_checkpoint",
-    # PostgreSQL
-    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_sleep", "pg_sleep_for",
-    "pg_sleep_until", "lo_import", "lo_export", "lo_get", "lo_put", "lo_open", "lo_create", "lo_unlink",
-    "dblink", "dblink_exec", "dblink_connect", "set_config", "pg_terminate_backend",
-    "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile", "pg_advisory_lock", "txid_current",
-    "pg_logical_emit_message", "pg_create_restore_point", "pg_switch_wal", "query_to_xml",
-    "query_to_xml_and_xmlschema", "table_to_xml", "cursor_to_xml", "database_to_xml", "nextval", "setval",
-    "pg_notify", "loread", "lowrite",
-    # MySQL / MariaDB
-    "load_file", "sleep", "benchmark", "get_lock", "release_lock", "release_all_locks", "is_free_lock",
-    "is_used_lock", "master_pos_wait", "master_gtid_wait", "source_pos_wait", "wait_for_executed_gtid_set",
-    "sys_exec", "sys_eval",
-    # SQLite
-    "load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "randomblob", "zeroblob",
+# --- functions: an allowlist per dialect, fail closed -----------------------------------------------
+# A denylist always misses the next name (case-mapped Unicode spellings, the next admin function), so only the
+# functions an analyst needs may run. Functions sqlglot knows are checked by their expression class (the
+# generator writes their names itself, in ASCII); functions it does not know (exp.Anonymous) by their name as
+# written in the text that runs, which must be a plain ASCII identifier. Both are compared after NFKC +
+# casefold. NL2SQL_EXTRA_FUNCTIONS extends the list (the administrator's choice and risk).
+ALLOWED_FUNCTION_CLASSES = frozenset({
+    # logic, conditionals, casts
+    "and", "or", "xor", "case", "if", "coalesce", "nullif", "greatest", "least", "nvl2", "exists", "cast",
+    "trycast", "casttostrtype", "collate", "extract", "equalnull",
+    # aggregates
+    "count", "sum", "avg", "min", "max", "groupconcat", "arrayagg", "stddev", "stddevpop", "stddevsamp",
+    "variance", "variancepop", "median", "quantile", "approxquantile", "percentilecont", "percentiledisc",
+    "anyvalue", "first", "last", "countif", "corr", "covarpop", "covarsamp", "argmax", "argmin",
+    "approxdistinct", "logicaland", "logicalor", "booland", "boolor", "bitwiseandagg", "bitwiseoragg",
+    "bitwisexoragg", "mode", "grouping", "skewness", "kurtosis",
+    # window functions
+    "rownumber", "rank", "denserank", "percentrank", "cumedist", "ntile", "lag", "lead", "firstvalue",
+    "lastvalue", "nthvalue",
+    # strings (repeat, pad, space and format have their size arguments capped below)
+    "length", "bytelength", "bitlength", "lower", "upper", "substring", "trim", "replace", "strposition", "concat",
+    "concatws", "left", "right", "reverse", "initcap", "splitpart", "startswith", "endswith", "contains", "ascii",
+    "chr", "unicode", "hex", "lowerhex", "md5", "levenshtein", "translate", "overlay", "repeat", "pad", "space",
+    "format", "regexplike", "regexpilike", "regexpextract", "regexpreplace", "regexpcount", "regexpinstr",
+    "regexpsubstr", "numbertostr", "tochar", "tonumber", "typeof",
+    # numbers
+    "abs", "round", "floor", "ceil", "sqrt", "cbrt", "pow", "exp", "ln", "log", "sign", "pi", "rand", "degrees",
+    "radians", "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "cot", "trunc", "isnan", "isinf",
+    # dates and times
+    "date", "time", "datetime", "timestamp", "currentdate", "currenttime", "currenttimestamp", "currentdatetime",
+    "localtime", "localtimestamp", "dateadd", "datesub", "datediff", "datetrunc", "timestamptrunc", "timetrunc",
+    "datetimeadd", "datetimesub", "datetimediff", "datetimetrunc", "timestampadd", "timestampsub",
+    "timestampdiff", "timeadd", "timesub", "timediff", "tsordsadd", "tsordsdiff", "tsordstodate", "tsordstotime",
+    "tsordstotimestamp", "strtodate", "strtotime", "strtounix", "timetostr", "timetounix", "timestrtodate",
+    "timestrtotime", "timestrtounix", "unixtotime", "unixtostr", "unixtotimestr", "datestrtodate",
+    "datetodatestr", "timetotimestr", "dayofweek", "dayofweekiso", "dayofmonth", "dayofyear", "weekofyear",
+    "week", "year", "month", "day", "hour", "minute", "second", "quarter", "lastday", "dayname", "monthname",
+    "monthsbetween", "datefromparts", "makeinterval", "addmonths",
+    # generated rows (sizes capped below) and unnesting them
+    "generateseries", "explodinggenerateseries", "explode", "unnest",
+})
+
+# Functions sqlglot does not type, by dialect: plain analyst functions of that engine.
+_COMMON_NAMES = {"now", "total", "char_length", "character_length", "octet_length", "lcase", "ucase", "mod",
+                 "log10", "log2", "power", "ceiling", "truncate", "position", "strpos", "btrim", "string_agg",
+                 "stddev_pop", "stddev_samp", "var_pop", "var_samp", "bool_and", "bool_or", "every",
+                 "date_part", "datepart", "to_date", "to_timestamp", "make_date", "make_time", "make_timestamp",
+                 "initcap", "ltrim", "rtrim", "left", "right", "split_part", "date_diff", "date_add", "date_sub",
+                 # what the grammar (nl2sql/grammar.py) lets the model write, passed through by sqlglot as is:
+                 # allowed everywhere (an engine without the function answers with its own error)
+                 "julianday", "printf", "iif", "strftime", "instr", "substr", "ifnull", "datetime", "time", "date",
+                 "random", "typeof"}
+ALLOWED_FUNCTION_NAMES = {
+    "sqlite": frozenset(_COMMON_NAMES | {
+        "julianday", "unixepoch", "printf", "format", "likely", "unlikely", "likelihood", "quote", "instr",
+        "substr", "ifnull", "iif", "strftime", "datetime", "time", "date", "char", "glob", "like", "sign",
+        "concat_ws",
+        # the same names as SQLite resolves them at run time (its authorizer asks by name, typed or not)
+        "count", "sum", "avg", "min", "max", "group_concat", "abs", "round", "length", "lower", "upper",
+        "substring", "trim", "replace", "coalesce", "nullif", "random", "typeof", "unicode", "hex", "ceil",
+        "floor", "sqrt", "pow", "exp", "ln", "log", "pi", "sin", "cos", "tan", "asin", "acos", "atan", "atan2",
+        "degrees", "radians", "trunc", "concat", "timediff", "current_date", "current_time", "current_timestamp",
+        "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead", "first_value",
+        "last_value", "nth_value", "unhex", "octet_length"}),
+    "duckdb": frozenset(_COMMON_NAMES | {
+        "julianday", "printf", "strftime", "strptime", "epoch", "epoch_ms", "dayname", "monthname", "yearweek",
+        "isodow", "isoyear", "weekday", "weekofyear", "era", "century", "decade", "millennium", "list_sort",
+        "list_reverse_sort", "list_distinct", "list_unique", "list_contains", "list_has", "len", "array_length",
+        "list_aggregate", "list_min", "list_max", "list_sum", "list_avg", "nfc_normalize", "strip_accents",
+        "prefix", "suffix", "ilike_escape", "like_escape", "regexp_matches", "regexp_full_match", "age",
+        "to_days", "to_months", "to_years", "to_hours", "to_minutes", "to_seconds", "last_day", "fsum",
+        "favg", "product", "histogram", "entropy", "mad", "arbitrary", "geomean", "geometric_mean", "bit_count",
+        "ifnull", "nullif", "instr", "substr", "gcd", "lcm", "even", "factorial_", "date_trunc", "datetrunc",
+        "time_bucket", "make_timestamptz", "current_localtimestamp", "today"}),
+    "postgres": frozenset(_COMMON_NAMES | {
+        "age", "date_trunc", "justify_days", "justify_hours", "justify_interval", "to_char", "to_number",
+        "clock_timestamp", "statement_timestamp", "transaction_timestamp", "isfinite", "date_bin", "width_bucket",
+        "div", "gcd", "lcm", "trim_scale", "scale", "min_scale", "regexp_match", "regexp_matches", "regexp_like",
+        "regexp_replace", "regexp_split_to_array", "regexp_count", "regexp_instr", "regexp_substr", "starts_with",
+        "unistr", "quote_ident", "quote_literal", "quote_nullable", "to_hex", "array_length", "cardinality",
+        "array_position", "array_positions", "array_to_string", "string_to_array", "unnest", "json_build_object",
+        "jsonb_build_object", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg", "jsonb_extract_path",
+        "jsonb_extract_path_text", "json_extract_path", "json_extract_path_text", "jsonb_typeof", "json_typeof",
+        "pg_typeof", "num_nonnulls", "num_nulls", "mode", "regr_slope", "regr_intercept", "regr_r2",
+        "regr_count", "regr_avgx", "regr_avgy", "regr_sxx", "regr_syy", "regr_sxy", "bit_and", "bit_or",
+        "bit_xor", "extract", "localtime", "localtimestamp"}),
+    "mysql": frozenset(_COMMON_NAMES | {
+        "ifnull", "locate", "instr", "substr", "substring_index", "mid", "field", "elt", "find_in_set", "lpad",
+        "rpad", "ord", "char", "bin", "oct", "conv", "format", "date_format", "str_to_date", "curdate", "curtime",
+        "current_time", "sysdate", "utc_date", "utc_time", "utc_timestamp", "dayofweek", "dayofmonth",
+        "dayofyear", "weekday", "weekofyear", "yearweek", "week", "makedate", "maketime", "period_add",
+        "period_diff", "to_days", "from_days", "to_seconds", "sec_to_time", "time_to_sec", "time_format",
+        "timestampdiff", "timestampadd", "adddate", "subdate", "addtime", "subtime", "datediff", "timediff",
+        "last_day", "unix_timestamp", "from_unixtime", "convert_tz", "microsecond", "std", "bit_and", "bit_or",
+        "bit_xor", "truncate", "rand", "crc32", "regexp_substr", "regexp_instr", "regexp_replace", "json_extract",
+        "json_unquote", "json_length", "json_keys", "json_contains", "json_value", "json_arrayagg",
+        "json_objectagg", "json_object", "json_array"}),
 }
-# Whole families, by prefix: file readers, large objects, server files and admin functions, catalogs.
-DENIED_PREFIXES = ("read_", "lo_", "dblink", "pg_read", "pg_ls_", "pg_stat_file", "pg_sleep", "pg_advisory",
-                   "pg_try_advisory", "pg_file", "pg_logical", "pg_replication", "pg_create", "pg_drop",
-                   "pg_terminate", "pg_cancel", "pg_reload", "pg_rotate", "pg_switch", "pg_promote",
-                   "pg_stat_reset", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_", "duckdb_",
-                   "pragma_")
+
+# Functions whose arguments size their output or the rows they make: where constant, the size is capped by
+# NL2SQL_MAX_FUNCTION_SIZE; where not, refused (one such call cannot be interrupted once it runs).
+DEFAULT_MAX_FUNCTION_SIZE = 100_000
+_FORMAT_FUNCTIONS = {"printf", "format"}
+_SERIES_FUNCTIONS = {"generateseries", "explodinggenerateseries", "range", "generate_series"}
+
+
+class FunctionPolicy:
+    """What the function check allows on one dialect: the allowlist, the administrator's extra names, the size cap."""
+
+    def __init__(self, dialect: str | None, extra=(), max_size: int = DEFAULT_MAX_FUNCTION_SIZE):
+        self.dialect = dialect or SQL_DIALECT
+        self.names = ALLOWED_FUNCTION_NAMES.get(self.dialect, frozenset(_COMMON_NAMES))
+        self.extra = frozenset(fold(n) for n in (extra.split(",") if isinstance(extra, str) else extra) if n.strip())
+        self.max_size = int(max_size)
+
+    @classmethod
+    def from_settings(cls, dialect: str | None, settings=None) -> "FunctionPolicy":
+        if settings is None:  # validate() without settings: the environment's extension of the list
+            return cls(dialect, os.environ.get("NL2SQL_EXTRA_FUNCTIONS", ""),
+                       int(os.environ.get("NL2SQL_MAX_FUNCTION_SIZE") or DEFAULT_MAX_FUNCTION_SIZE))
+        return cls(dialect, getattr(settings, "extra_functions", ""),
+                   getattr(settings, "max_function_size", DEFAULT_MAX_FUNCTION_SIZE))
+
+    def allows_name(self, name: str) -> bool:
+        """A function name as an engine calls it (SQLite's authorizer asks by name)."""
+        key = fold(name)
+        return bool(_ASCII_NAME.match(name)) and (key in self.names or key in self.extra)
+
+
+def fold(name: str) -> str:
+    """NFKC + casefold: the comparison form of a name.
+
+    >>> fold("ＳＬＥＥＰ"), fold("ſleep"), fold("Upper")
+    ('sleep', 'sleep', 'upper')
+    """
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
+_ASCII_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CALLED = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(|$)")
+
+
+def check_functions(tree: exp.Expression, policy: FunctionPolicy) -> None:
+    """Refuse any function outside the allowlist, and size arguments over the cap (see ALLOWED_FUNCTION_CLASSES)."""
+    for node in tree.walk():
+        if not isinstance(node, exp.Func):
+            continue
+        if isinstance(node, (exp.Anonymous, exp.AnonymousAggFunc)):
+            shown = node.name
+            key = fold(shown)
+            ok = bool(_ASCII_NAME.match(shown)) and (key in policy.names or key in policy.extra)
+        else:
+            shown = node.sql_name().lower()
+            key = node.key
+            ok = key in ALLOWED_FUNCTION_CLASSES
+            if not ok:  # name it as the text that runs spells it (CurrentVersion -> VERSION() on DuckDB)
+                written = _CALLED.match(node.sql(dialect=policy.dialect, comments=False))
+                shown = written.group(1).lower() if written else shown
+                ok = bool(({fold(n) for n in node.sql_names()} | {fold(shown)}) & policy.extra)
+        if isinstance(node.parent, exp.Dot) and node.arg_key == "expression":
+            ok = False  # schema-qualified (pg_catalog.x) or method-style calls: no name resolution surprises
+        if not ok:
+            raise UnsafeSQLError(
+                f"The function {shown[:60]}() is not allowed: only functions an analyst needs (aggregates, window, "
+                f"string, number, date and conditional functions) run here.",
+                hint="Rewrite the query without it, or ask the administrator to add it to NL2SQL_EXTRA_FUNCTIONS "
+                     "(each addition is a risk they take).")
+        _check_size_arguments(node, key, shown, policy)
+
+
+def _constant(node) -> float | None:
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            return float(node.this)
+        except ValueError:
+            return None
+    if isinstance(node, exp.Neg):
+        v = _constant(node.this)
+        return None if v is None else -v
+    if isinstance(node, exp.Paren):
+        return _constant(node.this)
+    return None
+
+
+def _size_error(shown: str, what: str, cap: int) -> UnsafeSQLError:
+    return UnsafeSQLError(f"The {what} of {shown}() must be a constant number of at most {cap:,} here: one call "
+                          "that builds a huge value cannot be stopped once it runs.",
+                          hint="Use a smaller constant, or ask the administrator to raise NL2SQL_MAX_FUNCTION_SIZE.")
+
+
+def _check_size_arguments(node: exp.Func, key: str, shown: str, policy: FunctionPolicy) -> None:
+    cap = policy.max_size
+
+    def capped(arg, what, scale: float = 1.0):
+        v = _constant(arg)
+        if v is None or v * scale > cap:
+            raise _size_error(shown, what, cap)
+
+    args = node.expressions if isinstance(node, exp.Anonymous) else []
+    if key == "repeat":
+        times = node.args.get("times") if not args else (args[1] if len(args) > 1 else None)
+        text = node.this if not args else args[0]
+        capped(times, "count", max(1, len(text.this)) if isinstance(text, exp.Literal) and text.is_string else 1)
+    elif key == "pad" or key in ("lpad", "rpad"):
+        capped(node.args.get("expression") if not args else (args[1] if len(args) > 1 else None), "length")
+    elif key == "space":
+        capped(node.this if not args else args[0], "length")
+    elif key in _SERIES_FUNCTIONS:
+        parts = ([node.args.get("start"), node.args.get("end"), node.args.get("step")] if not args else
+                 list(args) + [None] * (3 - len(args)))
+        if any(p is not None and _constant(p) is None for p in parts):
+            raise _size_error(shown, "bounds", cap)
+        lo, hi, step = (_constant(p) if p is not None else None for p in parts[:3])
+        if hi is None:  # range(n)
+            lo, hi = 0.0, lo or 0.0
+        step = step or 1.0
+        if (hi - lo) / step + 1 > cap:
+            raise _size_error(shown, "number of values", cap)
+    elif key in _FORMAT_FUNCTIONS and not (policy.dialect == "mysql" and key == "format"):  # MySQL: FORMAT(n, decimals)
+        fmt = node.this if not args else args[0]
+        if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+            raise UnsafeSQLError(f"The format of {shown}() must be a constant string here.",
+                                 hint="Write the format as a literal, e.g. printf('%.2f', x).")
+        for m in _FORMAT_WIDTHS.finditer(fmt.this):
+            for n in m.groups():
+                if n == "*" or (n and int(n) > cap):
+                    raise _size_error(shown, "field width", cap)
+
+
+# printf/format field widths and precisions (%10s, %.*c, %1$5s) and fmt-style ones ({:>10}, {:.3})
+_FORMAT_WIDTHS = re.compile(r"%(?:\d+\$)?[-+ #0']*(\d+|\*)?(?:\.(\d+|\*))?|\{[^}]*?:[^}\d*]*(\d+|\*)?(?:\.(\d+|\*))?")
+
 
 # A table name that looks like a file, URL or glob: DuckDB reads `FROM 'data.csv'` as a file scan.
 _PATH_LIKE = re.compile(r"[/\\:*?~]|\.(csv|tsv|txt|json|jsonl|ndjson|parquet|gz|zst|xlsx?|arrow|feather|avro|db|"
                         r"duckdb|ddb|sqlite3?)$", re.IGNORECASE)
-
-
-def is_denied_function(name: str) -> bool:
-    """Whether a function name is on the denylist.
-
-    >>> [is_denied_function(n) for n in ("pg_read_file", "LO_IMPORT", "read_text", "count", "upper")]
-    [True, True, True, False, False]
-    """
-    name = name.lower()
-    return name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -113,8 +315,10 @@ def check_sql_text(sql, max_chars: int = 20000) -> str:
     return sql
 
 
-def parse_one_query(sql: str, *, read: str = SQL_DIALECT, max_chars: int = 20000) -> exp.Expression:
-    """Parse exactly one statement and check it is read-only. Raises ValidationError / UnsafeSQLError.
+def parse_one_query(sql: str, *, read: str = SQL_DIALECT, max_chars: int = 20000,
+                    functions: "FunctionPolicy | None" = None) -> exp.Expression:
+    """Parse exactly one statement and check it is read-only and calls only allowed functions.
+    Raises ValidationError / UnsafeSQLError.
 
     >>> parse_one_query("SELECT 1 /*!50000 , LOAD_FILE('/etc/passwd') */", read="mysql")
     Traceback (most recent call last):
@@ -136,11 +340,24 @@ def parse_one_query(sql: str, *, read: str = SQL_DIALECT, max_chars: int = 20000
                                  hint="Send one SELECT at a time.")
         tree = statements[0]
         _check_read_only(tree)
+        if read == "mysql":
+            _drop_from_dual(tree)
+        check_functions(tree, functions or FunctionPolicy.from_settings(read))
     except RecursionError:
         raise ValidationError("The SQL is nested too deeply to check.", hint="Simplify the query.") from None
     except SqlglotError as e:
         raise ValidationError(f"The SQL does not parse: {_first_line(e)}", hint="Fix the syntax and retry.") from None
     return tree
+
+
+def _drop_from_dual(tree: exp.Expression) -> None:
+    """MySQL's `FROM DUAL` means no table; written back out it would become a quoted table name `dual`."""
+    for select in list(tree.find_all(exp.Select)):
+        source = select.args.get("from_") or select.args.get("from")
+        table = source.this if source is not None else None
+        if (isinstance(table, exp.Table) and isinstance(table.this, exp.Identifier) and not table.this.quoted
+                and table.name.lower() == "dual" and not table.db and not table.alias and not select.args.get("joins")):
+            source.pop()
 
 
 def _check_read_only(tree: exp.Expression) -> None:
@@ -153,11 +370,6 @@ def _check_read_only(tree: exp.Expression) -> None:
         if isinstance(node, _FORBIDDEN_NODES):
             raise UnsafeSQLError(f"Only read-only queries may run; this SQL contains {node.key.upper()}.",
                                  hint="Remove it and send a plain SELECT.")
-        if isinstance(node, exp.Func):
-            name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-            if is_denied_function(name):
-                raise UnsafeSQLError(f"The function {name}() is not allowed: it reaches outside the data or "
-                                     "changes server state.", hint="Query the tables of this database only.")
         if isinstance(node, exp.Table):
             if isinstance(node.this, (exp.Literal, exp.Func, exp.Anonymous)):
                 raise UnsafeSQLError("Only tables of this database may be read, not files or functions in FROM.",
@@ -202,13 +414,86 @@ def validate(sql: str, schema: Schema, *, dialect: str | None = None, read: str 
     tree = parse_one_query(sql, read=read, max_chars=max_chars)
     tree = _strings_from_double_quotes(tree, schema)
     tables = _check_names(tree, schema)
-    _canonicalise_names(tree, schema, dialect or schema.dialect)
+    target = dialect or schema.dialect
+    _canonicalise_names(tree, schema, target)
     try:
-        out = tree.sql(dialect=dialect or schema.dialect)
+        out = tree.sql(dialect=target)
     except SqlglotError as e:
-        raise ValidationError(f"The SQL cannot be written for {dialect or schema.dialect}: {_first_line(e)}",
+        raise ValidationError(f"The SQL cannot be written for {target}: {_first_line(e)}",
                               hint="Rephrase the question.") from None
+    # Transpiling may rename or retype functions: the output, as it will run, is checked again.
+    check_text_that_runs(out, target, FunctionPolicy.from_settings(target))
     return ValidatedSQL(out, tree, tables)
+
+
+def check_text_that_runs(sql: str, dialect: str, functions: FunctionPolicy, tables: "TablePolicy | None" = None,
+                         *, max_chars: int = 1_000_000) -> exp.Expression:
+    """Parse the exact text the engine will get, in the engine's dialect, and check it again: one read-only
+    statement, allowlisted functions (their names as written there), and, with `tables`, allowlisted tables."""
+    tree = parse_one_query(sql, read=dialect, max_chars=max_chars, functions=functions)
+    if tables is not None:
+        check_tables(tree, tables)
+    return tree
+
+
+# --- tables: the connected schema, CTEs, and what the administrator adds ---------------------------------
+
+@dataclass(frozen=True)
+class TablePolicy:
+    """Tables a query may read: the introspected tables and views of the connected schema (folded names), that
+    schema's own name as a qualifier, and NL2SQL_EXTRA_TABLES entries (`table`, `schema.table`, `schema.*`)."""
+    names: frozenset
+    schemas: frozenset = frozenset()
+    extra: frozenset = frozenset()
+
+    @classmethod
+    def build(cls, names, schemas=(), extra: str = "") -> "TablePolicy":
+        pairs = set()
+        for item in (extra or "").split(","):
+            if item.strip():
+                schema, _, table = fold(item).rpartition(".")
+                pairs.add((schema, table))
+        return cls(frozenset(fold(n) for n in names), frozenset(fold(s) for s in schemas if s), frozenset(pairs))
+
+    def allows(self, schema: str, table: str) -> bool:
+        schema, table = fold(schema), fold(table)
+        if (schema, table) in self.extra or (schema and (schema, "*") in self.extra):
+            return True
+        return table in self.names and (not schema or schema in self.schemas)
+
+
+def check_tables(tree: exp.Expression, policy: TablePolicy) -> None:
+    """Every table read must be a CTE in scope or allowed by `policy`; system catalogs and other schemas are not."""
+    for t in tree.find_all(exp.Table):
+        if not isinstance(t.this, exp.Identifier):
+            raise UnsafeSQLError("Only tables of this database may be read.", hint="Name a table of the schema.")
+        if not t.args.get("db") and not t.args.get("catalog") and fold(t.name) in _visible_ctes(t):
+            continue
+        if t.args.get("catalog") or not policy.allows(t.db or "", t.name):
+            shown = ".".join(p for p in (t.catalog, t.db, t.name) if p)[:120]
+            raise UnsafeSQLError(
+                f"The table {shown!r} is not one of the tables of this database's schema; system catalogs and "
+                "other schemas are not readable here.",
+                hint="Use a table listed in the schema, or ask the administrator to add it to NL2SQL_EXTRA_TABLES.")
+
+
+def _visible_ctes(node: exp.Expression) -> set[str]:
+    """Names of the CTEs in scope at `node`: a CTE body sees the CTEs before it (all of them with RECURSIVE);
+    a query body sees all of its WITH list; a name outside that scope is a real table."""
+    names: set[str] = set()
+    child, parent = node, node.parent
+    while parent is not None:
+        if isinstance(parent, exp.With):
+            ctes = list(parent.expressions)
+            idx = next((i for i, c in enumerate(ctes) if c is child), None)
+            visible = ctes if idx is None or parent.args.get("recursive") else ctes[:idx]
+            names |= {fold(c.alias_or_name) for c in visible}
+        else:
+            w = parent.args.get("with_") or parent.args.get("with")
+            if isinstance(w, exp.With) and w is not child:
+                names |= {fold(c.alias_or_name) for c in w.expressions}
+        child, parent = parent, parent.parent
+    return names
 
 
 def _cte_names(tree: exp.Expression) -> set[str]:

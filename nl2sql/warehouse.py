@@ -193,6 +193,24 @@ class Warehouse:
         """Run one already-validated query read-only; (columns, rows, truncated). Only execute.py calls this."""
         raise NotImplementedError
 
+    _tables_cache: tuple | None = None
+    _tables_at: float = 0.0
+
+    def table_allowlist(self, *, refresh: bool = False) -> tuple[frozenset, frozenset]:
+        """(table and view names, names of the connected schema) that the guarded executor lets queries read.
+
+        Cached; `refresh` re-reads it (the executor does so, at most every 2 s, when a query names a table the
+        cache lacks, e.g. one created after connecting)."""
+        import time
+        now = time.monotonic()
+        if self._tables_cache is None or (refresh and now - self._tables_at > 2.0):
+            self._tables_cache = self._list_tables()
+            self._tables_at = now
+        return self._tables_cache
+
+    def _list_tables(self) -> tuple[frozenset, frozenset]:
+        return frozenset(t.name for t in self.describe_tables()), frozenset()
+
     def close(self) -> None:
         pass
 
@@ -254,7 +272,16 @@ class DuckDBWarehouse(Warehouse):
             by_table.setdefault(t, []).append(Column(c, typ, c in pks.get(t, ()), comment or ""))
         return tuple(Table(t, tuple(by_table.get(t, ())), comment or "", tuple(fks.get(t, ()))) for t, comment in tables)
 
-    def run(self, sql, *, row_limit, timeout):
+    def _list_tables(self):
+        with self._lock:
+            names = self.conn.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE NOT internal AND schema_name = current_schema() "
+                "UNION SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = current_schema()"
+            ).fetchall()
+            schema = self.conn.execute("SELECT current_schema()").fetchone()[0]
+        return frozenset(n for (n,) in names), frozenset({schema})
+
+    def run(self, sql, *, row_limit, timeout, fresh_session: bool = False):
         import duckdb
         with self._lock:
             # DuckDB's own parser: exactly one SELECT. Read-only mode still allows temp tables, macros, variables
@@ -344,16 +371,31 @@ class SQLAlchemyWarehouse(Warehouse):
                       for a, b in zip(fk["constrained_columns"], fk["referred_columns"]))))
         return tuple(out)
 
-    def run(self, sql, *, row_limit, timeout):
+    def _list_tables(self):
         import sqlalchemy as sa
+        insp = sa.inspect(self.engine)
+        names = set(insp.get_table_names())
+        try:
+            names |= set(insp.get_view_names())
+        except NotImplementedError:
+            pass
+        schema = insp.default_schema_name or ("main" if self.dialect == "sqlite" else "")
+        return frozenset(names), frozenset({schema} if schema else ())
+
+    def run(self, sql, *, row_limit, timeout, fresh_session: bool = False):
+        import sqlalchemy as sa
+        from .validate import FunctionPolicy
         dbapi_error = getattr(self.engine.dialect, "loaded_dbapi", None)
         dbapi_error = getattr(dbapi_error, "Error", sa.exc.DBAPIError)
         max_bytes = self.settings.max_result_bytes
         with self.engine.connect() as conn:
             raw = conn.connection.dbapi_connection
-            stop = _arm_timeout(self.dialect, conn, raw, timeout, self.is_mariadb, max_bytes)
+            stop = _arm_timeout(self.dialect, conn, raw, timeout, self.is_mariadb, max_bytes,
+                                FunctionPolicy.from_settings(self.dialect, self.settings))
             cur = None
-            discard = False
+            # Sessions are discarded after a query whose functions nl2sql did not vet (the administrator's
+            # NL2SQL_EXTRA_FUNCTIONS, or the test-only switch): it may have left a backup or lock open.
+            discard = bool(fresh_session) and self.dialect in ("postgres", "mysql")
             try:
                 cur = _open_cursor(self.dialect, raw)
                 if cur is None:  # SQLite, or another driver in an Engine the caller built: the plain path
@@ -392,8 +434,9 @@ class SQLAlchemyWarehouse(Warehouse):
                 stop.disarm()
                 try:
                     conn.rollback()  # read-only transaction: nothing to keep, and nothing kept
+                    discard = discard or _left_session_state(self.dialect, conn)
                 except Exception:
-                    pass
+                    discard = True
                 if discard:
                     conn.invalidate()  # the pool opens a fresh connection for the next query
         return columns, rows, truncated
@@ -484,23 +527,31 @@ class _Stop:
             self.undo()
 
 
-def _sqlite_authorizer(action, arg1, arg2, db_name, trigger):
-    """SQLite asks this for every operation while it compiles a statement: reads only."""
+def _sqlite_authorizer(functions):
+    """SQLite asks this for every operation while it compiles a statement: reads, and allowlisted functions only
+    (the same per-dialect allowlist as validate.py, by the name SQLite itself resolves)."""
     import sqlite3
-    from .validate import is_denied_function
-    if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE):
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_FUNCTION and not is_denied_function(arg2 or ""):
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
+
+    def authorize(action, arg1, arg2, db_name, trigger):
+        if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_FUNCTION and functions.allows_name(arg2 or ""):
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY
+    return authorize
 
 
-def _arm_timeout(dialect, conn, raw, timeout, is_mariadb, max_bytes: int = 50_000_000) -> _Stop:
+def _arm_timeout(dialect, conn, raw, timeout, is_mariadb, max_bytes: int = 50_000_000, functions=None) -> _Stop:
     """Start the per-statement limit each engine understands, inside a read-only transaction."""
     stop = _Stop()
     if dialect == "postgres":
         conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
+        ms = int(timeout * 1000)
+        # one round trip: the statement timeout, a lock wait no longer than it, and a transaction left idle (a
+        # client that died mid-fetch) ended by the server after twice that
+        conn.exec_driver_sql(f"SELECT set_config('statement_timeout', '{ms}', true), "
+                             f"set_config('lock_timeout', '{ms}', true), "
+                             f"set_config('idle_in_transaction_session_timeout', '{2 * ms + 1000}', true)")
     elif dialect == "mysql":
         conn.exec_driver_sql("SET SESSION TRANSACTION READ ONLY")
         if is_mariadb:
@@ -510,6 +561,8 @@ def _arm_timeout(dialect, conn, raw, timeout, is_mariadb, max_bytes: int = 50_00
         conn.exec_driver_sql("START TRANSACTION READ ONLY")
     elif dialect == "sqlite":
         import time
+        from .validate import FunctionPolicy
+        functions = functions or FunctionPolicy("sqlite")
         deadline = time.monotonic() + timeout
 
         def check():
@@ -521,7 +574,7 @@ def _arm_timeout(dialect, conn, raw, timeout, is_mariadb, max_bytes: int = 50_00
         raw.set_progress_handler(check, 10000)
         # Engine-level read-only beyond mode=ro: ATTACH would open (and create) other files, pragmas and
         # load_extension change the connection. The authorizer only sees statements compiled while it is set.
-        raw.set_authorizer(_sqlite_authorizer)
+        raw.set_authorizer(_sqlite_authorizer(functions))
         limits = hasattr(raw, "setlimit")  # Python 3.11+; before that the authorizer alone refuses ATTACH
         if limits:
             attached = raw.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
@@ -535,6 +588,20 @@ def _arm_timeout(dialect, conn, raw, timeout, is_mariadb, max_bytes: int = 50_00
                 raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
         stop.undo = undo
     return stop
+
+
+def _left_session_state(dialect: str, conn) -> bool:
+    """Whether the session holds something a rollback does not end: session-level advisory locks (PostgreSQL),
+    user locks (MariaDB/MySQL; released here, and the session is still discarded)."""
+    if dialect == "postgres":
+        held = conn.exec_driver_sql("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() "
+                                    "AND locktype = 'advisory')").scalar()
+    elif dialect == "mysql":
+        held = conn.exec_driver_sql("SELECT RELEASE_ALL_LOCKS()").scalar()
+    else:
+        return False
+    conn.rollback()
+    return bool(held)
 
 
 def _is_timeout(text: str) -> bool:

@@ -163,7 +163,8 @@ def postgres_engine(outside):
             q("SELECT datname FROM pg_database ORDER BY 1"),
             q("SELECT count(*) FROM pg_largeobject_metadata"),               # lo_import leaves objects here
             q("SELECT sourcefile, name, setting FROM pg_file_settings ORDER BY 1, 2"),  # ALTER SYSTEM
-            q("SELECT extname FROM pg_extension ORDER BY 1"))
+            q("SELECT extname FROM pg_extension ORDER BY 1"),
+            q("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))  # a session left holding a lock
 
     yield Engine("postgres", f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}",
                  f"postgresql+psycopg://{RO_ROLE}@127.0.0.1:5432/{DB}", checksum,
@@ -207,7 +208,8 @@ def mariadb_engine(outside):
             q("SELECT user, host FROM mysql.user ORDER BY 1, 2"),
             q("SELECT @@global.general_log, @@global.general_log_file, @@global.read_only, "
               "@@global.max_statement_time, @@global.local_infile, @@global.sql_mode, @@global.slow_query_log"),
-            q("SHOW DATABASES"))
+            q("SHOW DATABASES"),
+            q("SELECT IS_USED_LOCK('nl2sql')"))  # a pooled session left holding a user lock
 
     yield Engine("mariadb", f"mysql+pymysql://root@127.0.0.1:3306/{DB}",
                  f"mysql+pymysql://{RO_ROLE}@127.0.0.1:3306/{DB}", checksum,

@@ -27,7 +27,8 @@ BOUNDED = "bounded"     # either refused/stopped, or a result inside the row and
 @dataclass(frozen=True)
 class Case:
     id: str
-    kind: str            # write multi file extension config resource malformed huge unicode control
+    kind: str            # write multi file extension config resource malformed huge unicode casefold catalog admin
+                         # size control
     sql: str             # {secret} and {outside} are filled in per run
     engines: str = "DSPM"  # D duckdb, S sqlite, P postgres, M mariadb
     expect: str = REJECTED
@@ -129,10 +130,10 @@ CASES = [
     Case("recursive-cte-mariadb", "resource", "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) "
          "SELECT COUNT(*) FROM r", "M", expect=BOUNDED),
     Case("range-in-from", "resource", "SELECT COUNT(*) FROM range(1000000000000)", "D"),
-    Case("huge-unnest", "resource", "SELECT SUM(x) FROM (SELECT UNNEST(range(100000000000)) AS x) AS t", "D",
-         expect=STOPPED),
+    # a series longer than NL2SQL_MAX_FUNCTION_SIZE is refused before it starts (one call, not interruptible)
+    Case("huge-unnest", "resource", "SELECT SUM(x) FROM (SELECT UNNEST(range(100000000000)) AS x) AS t", "D"),
     Case("generate-series-select", "resource",
-         "SELECT COUNT(*) FROM (SELECT generate_series(1, 100000000000) AS x) AS t", "P", expect=STOPPED),
+         "SELECT COUNT(*) FROM (SELECT generate_series(1, 100000000000) AS x) AS t", "P"),
     Case("pg-sleep", "resource", "SELECT pg_sleep(30)", "P"),
     Case("sleep", "resource", "SELECT SLEEP(30)", "M"),
     Case("benchmark", "resource", "SELECT BENCHMARK(10000000000, MD5('a'))", "M"),
@@ -158,6 +159,83 @@ CASES = [
     Case("cyrillic-s", "unicode", "\u0455ELECT name FROM singer"),
     Case("line-separator", "unicode", "SELECT name FROM singer\u2028; DROP TABLE note"),
     Case("tag-characters", "unicode", "SELECT 1\U000e0020\U000e0044\U000e0052\U000e004f\U000e0050"),
+    # --- function names that case-map or normalise to a denied one (checked on the text that runs) ------
+    Case("long-s-sleep", "casefold", "SELECT \u017fleep(5)", "M"),                        # ſ upper-cases to S
+    Case("dotless-i-read-file", "file", "SELECT pg_read_f\u0131le('{secret}')", "P"),      # ı upper-cases to I
+    Case("fullwidth-load-file", "file", "SELECT \uff2c\uff2f\uff21\uff24_\uff26\uff29\uff2c\uff25('{secret}')", "M",
+         engine_may_run="M"),  # NFKC: LOAD_FILE; without FILE the engine gives NULL at most
+    Case("kelvin-get-lock", "casefold", "SELECT get_loc\u212a('nl2sql', 0)", "M"),       # K (Kelvin) lower-cases to k
+    Case("ligature-read-text", "file", "SELECT * FROM singer, read_text('{secret}')", "D"),
+    Case("long-s-current-setting", "casefold", "SELECT current_\u017fetting('memory_limit')", "DP"),
+    Case("unknown-function", "casefold", "SELECT version()"),
+    Case("quoted-function", "file", "SELECT \"PG_READ_FILE\"('{secret}')", "P"),
+    Case("qualified-allowed-name", "casefold", "SELECT pg_catalog.upper(name) FROM singer", "P"),
+    # --- functions that run SQL given as a string -------------------------------------------------------
+    Case("ts-stat", "file", "SELECT * FROM singer WHERE EXISTS (SELECT ts_stat('SELECT to_tsvector(pg_read_file(''{secret}''))'))", "P"),
+    Case("ts-rewrite", "file", "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, to_tsquery(pg_read_file(''{secret}''))')", "P"),
+    Case("query-to-xml", "file", "SELECT query_to_xml('SELECT pg_read_file(''{secret}'')', true, true, '')", "P"),
+    # the SELECT-only login may run these three (they export what it can read anyway)
+    Case("database-to-xml", "file", "SELECT database_to_xml(true, true, '')", "P", engine_may_run="P"),
+    Case("schema-to-xml", "file", "SELECT schema_to_xml('pg_catalog', true, true, '')", "P", engine_may_run="P"),
+    Case("table-to-xmlschema", "file", "SELECT table_to_xmlschema('pg_authid', true, true, '')", "P",
+         engine_may_run="P"),
+    # --- system catalogs and other schemas ------------------------------------------------------------
+    Case("pg-shadow", "catalog", "SELECT usename, passwd FROM pg_shadow", "P"),
+    Case("pg-user", "catalog", "SELECT usename FROM pg_user", "P"),
+    Case("pg-stat-activity", "catalog", "SELECT query FROM pg_stat_activity", "P"),
+    Case("pg-settings", "catalog", "SELECT name, setting FROM pg_catalog.pg_settings", "P"),
+    Case("pg-file-settings", "catalog", "SELECT * FROM pg_file_settings", "P"),
+    Case("pg-hba", "catalog", "SELECT * FROM pg_hba_file_rules", "P"),
+    Case("cte-scope-escape", "catalog",
+         "SELECT * FROM (WITH pg_user AS (SELECT 1 AS a) SELECT a FROM pg_user) AS x, pg_user", "P"),
+    Case("cte-forward-reference", "catalog",
+         "WITH a AS (SELECT * FROM pg_user), pg_user AS (SELECT 1 AS b) SELECT * FROM a", "P"),
+    Case("information-schema", "catalog", "SELECT table_name FROM information_schema.tables", "DPM"),
+    Case("mysql-user", "catalog", "SELECT user, password FROM mysql.user", "M"),
+    Case("processlist", "catalog", "SELECT info FROM information_schema.processlist", "M"),
+    Case("global-variables", "catalog", "SELECT * FROM information_schema.global_variables", "M"),
+    Case("performance-schema", "catalog", "SELECT * FROM performance_schema.threads", "M"),
+    Case("duckdb-pg-settings", "catalog", "SELECT * FROM pg_catalog.pg_settings", "D"),
+    Case("duckdb-settings-view", "catalog", "SELECT * FROM duckdb_settings", "D"),
+    Case("sqlite-master", "catalog", "SELECT sql FROM sqlite_master", "S"),
+    Case("sqlite-schema-qualified", "catalog", "SELECT sql FROM main.sqlite_schema", "S"),
+    Case("other-catalog", "catalog", "SELECT * FROM system.main.duckdb_settings", "D"),
+    # --- admin functions that leave state on the session --------------------------------------------
+    Case("backup-start", "admin", "SELECT pg_backup_start('nl2sql')", "P"),
+    Case("advisory-lock", "admin", "SELECT pg_advisory_lock(42)", "P", engine_may_run="P"),  # session discarded
+    Case("log-writer", "admin", "SELECT pg_log_backend_memory_contexts(pg_backend_pid())", "P"),
+    Case("user-lock", "admin", "SELECT GET_LOCK('nl2sql', 0)", "M", engine_may_run="M"),  # lock released
+    # --- one call that builds a huge value or list: capped where constant, refused where not ---------------
+    Case("repeat-huge", "size", "SELECT length(repeat('ab', 500000000))", "DPM"),
+    Case("repeat-by-column", "size", "SELECT length(repeat(name, age * 100000000)) FROM singer", "DPM"),
+    Case("lpad-huge", "size", "SELECT length(lpad('x', 1000000000, 'y'))", "DPM"),
+    Case("space-huge", "size", "SELECT length(space(1000000000))", "M"),
+    Case("printf-star-width", "size", "SELECT length(printf('%.*c', 1000000000, 'x'))", "SD"),
+    Case("printf-big-width", "size", "SELECT length(printf('%1000000000s', 'x'))", "S"),
+    Case("format-big-width", "size", "SELECT length(format('%1000000000s', 'x'))", "P"),
+    Case("list-sort-range", "size", "SELECT list_sort(range(1000000000))[1]", "D"),
+    Case("series-by-column", "size", "SELECT COUNT(*) FROM (SELECT generate_series(1, age * 100000000) AS x "
+         "FROM singer) AS t", "P"),
+    # --- controls for the allowlists and the former false positives ------------------------------------
+    Case("glob-operator", "control", "SELECT COUNT(*) FROM singer WHERE name GLOB 'J*'", "S", expect=OK, value=3),
+    Case("from-dual", "control", "SELECT 1 FROM DUAL", "M", expect=OK, value=1),
+    Case("regexp-operator", "control", "SELECT COUNT(*) FROM singer WHERE name REGEXP '^J'", "M", expect=OK, value=3),
+    Case("upper-allowed", "control", "SELECT UPPER(name) FROM singer WHERE singer_id = 1", expect=OK,
+         value="JOE SHARP"),
+    Case("small-repeat", "control", "SELECT repeat('ab', 3)", "DPM", expect=OK, value="ababab"),
+    Case("small-lpad", "control", "SELECT lpad('7', 3, '0')", "DPM", expect=OK, value="007"),
+    Case("small-printf", "control", "SELECT printf('%5.1f', 3.14159)", "S", expect=OK, value="  3.1"),
+    Case("cte-named-like-catalog", "control", "WITH pg_user AS (SELECT 7 AS a) SELECT a FROM pg_user",
+         expect=OK, value=7),
+    Case("derived-table", "control", "SELECT COUNT(*) FROM (SELECT * FROM singer WHERE age > 30) AS t",
+         expect=OK, value=4),
+    Case("schema-qualified-own", "control", "SELECT COUNT(*) FROM main.singer", "DS", expect=OK, value=6),
+    Case("schema-qualified-public", "control", "SELECT COUNT(*) FROM public.singer", "P", expect=OK, value=6),
+    Case("schema-qualified-db", "control", "SELECT COUNT(*) FROM nl2sql_safety.singer", "M", expect=OK, value=6),
+    Case("date-functions", "control", "SELECT COUNT(*) FROM singer WHERE age BETWEEN 20 AND 60 "
+         "AND CAST(age AS TEXT) LIKE '%' AND COALESCE(country, '') <> ''", "DSP", expect=OK, value=6),
+    Case("small-series", "control", "SELECT COUNT(*) FROM (SELECT generate_series(1, 10) AS x) AS t", "P",
+         expect=OK, value=10),
     # --- controls: must still work -------------------------------------------------------------------
     Case("string-with-drop", "control", "SELECT ';DROP TABLE t'", expect=OK, value=";DROP TABLE t"),
     Case("delete-flag-column", "control", "SELECT delete_flag FROM singer WHERE singer_id = 6", expect=OK, value=1),
@@ -172,7 +250,7 @@ CASES = [
 ]
 
 LETTER = {"duckdb": "D", "sqlite": "S", "postgres": "P", "mariadb": "M"}
-ENGINE_ONLY_KINDS = {"write", "multi", "file", "extension", "config"}  # rerun with the SQL checks off
+ENGINE_ONLY_KINDS = {"write", "multi", "file", "extension", "config", "admin"}  # rerun with the SQL checks off
 
 
 def _params(kinds=None):
