@@ -29,6 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rapidfuzz import fuzz, process
 
 # What a build reads. Defaults chosen so that the index of a large warehouse is ready within the budget and
@@ -40,6 +41,7 @@ BUILD_BUDGET_S = 5.0       # wall-clock budget of one build; columns not reached
 MIN_SCORE = 85.0           # a hint needs at least this score (0-100)
 MAX_HINTS = 6
 PER_COLUMN_HINTS = 2
+MAX_CANDIDATES = 200       # values scored in full per question (the best covered by the question's words)
 
 CACHE_VERSION = 1
 # Column types whose values are words (the idea of schema._TEXT_TYPES; SQLite columns may have no type).
@@ -177,6 +179,11 @@ class ValueIndex:
         self._entries = [by_norm[n] for n in self._norms]
         self._norm_ids = {n: i for i, n in enumerate(self._norms)}
         self._tokens = [n.split() for n in self._norms]
+        # words of a value that a question word can anchor (lone letters cannot, see link_values)
+        self._anchors = np.array([sum(1 for t in toks if len(t) > 1) or 1 for toks in self._tokens], dtype=np.float32)
+        self._posting_arrays: dict[str, np.ndarray] = {}
+        self._name_words = {key: (set(normalize(key[1]).split()), set(normalize(key[0]).split()))
+                            for key in self.values}
         postings: dict[str, list[int]] = defaultdict(list)
         for i, toks in enumerate(self._tokens):
             for t in set(toks):
@@ -199,6 +206,12 @@ class ValueIndex:
             if 2 <= len(toks) <= 4 and all(t.isalpha() for t in toks):
                 initials["".join(t[0] for t in toks)].append(i)
         self._initials = dict(initials)
+
+    def _posting_array(self, token: str) -> np.ndarray:
+        arr = self._posting_arrays.get(token)
+        if arr is None:
+            arr = self._posting_arrays[token] = np.array(self._postings.get(token, ()), dtype=np.int64)
+        return arr
 
     def _similar_tokens(self, q: str) -> dict[str, float]:
         """Value words like the question word q, with their similarity (see _token_similarity)."""
@@ -395,8 +408,11 @@ def link_values(question: str, index: ValueIndex, *, limit: int = MAX_HINTS, per
     sims: list[dict[str, float]] = []
     for t in qtokens:
         sims.append({} if t in STOPWORDS else index._similar_tokens(t))
-    # candidate values: every value containing a similar word (or a stopword, when exact)
-    cand: dict[int, list[int]] = defaultdict(list)  # value id -> question positions that touched it
+    # candidate values: every value containing a similar word (or a stopword, when exact). The summed
+    # similarity of a value's touched words ranks them: in a large index a common word touches thousands of
+    # values, and only the best covered can be spelled by the question.
+    touched: dict[str, list[tuple[int, float]]] = defaultdict(list)  # value word -> (question position, similarity)
+    cover = np.zeros(len(index._norms), dtype=np.float32)
     for pos, t in enumerate(qtokens):
         original = question[words[pos][1]:words[pos][2]]
         if len(t) == 1 and not (original.isupper() and pos > 0):
@@ -405,10 +421,18 @@ def link_values(question: str, index: ValueIndex, *, limit: int = MAX_HINTS, per
         if t in STOPWORDS and t in index._postings:
             hits[t] = 100.0
         if len(t) >= 4 and t not in STOPWORDS:  # value words that abbreviate this one ('comp' for 'computer')
-            hits.update((t[:i], 0.0) for i in range(3, len(t)) if t[:i] in index._postings)
-        for vt in hits:
-            for vid in index._postings.get(vt, ())[:5000]:
-                cand[vid].append(pos)
+            hits.update((t[:i], ABBREVIATION_SCORE) for i in range(3, len(t))
+                        if t[:i] in index._postings and t[:i] not in hits)
+        for vt, score in hits.items():
+            touched[vt].append((pos, score))
+            cover[index._posting_array(vt)] += score  # a value lists each of its words once
+    cover /= index._anchors
+    chosen = np.flatnonzero(cover >= 0.75 * min_score)
+    if len(chosen) > MAX_CANDIDATES:
+        chosen = chosen[np.argsort(-cover[chosen], kind="stable")[:MAX_CANDIDATES]]
+    cand: dict[int, list] = {}  # value id -> (question position, value word, similarity); position -1: quoted
+    for vid in chosen.tolist():
+        cand[vid] = [(pos, vt, score) for vt in set(index._tokens[vid]) for pos, score in touched.get(vt, ())]
     quoted_text = {}
     for m in _QUOTED.finditer(question):
         text = next(g for g in m.groups() if g)
@@ -416,20 +440,22 @@ def link_values(question: str, index: ValueIndex, *, limit: int = MAX_HINTS, per
             quoted_text.setdefault(normalize(text), text)
     quoted = list(quoted_text)
     for q in quoted:  # a quoted phrase may match a value with no word of its own in the vocabulary
-        vid = index._norm_ids.get(q)
-        if vid is not None:
-            cand[vid].append(-1)
-        for choice, _s, vid in process.extract(q, index._norms, scorer=fuzz.ratio, score_cutoff=min_score, limit=5):
-            cand[vid].append(-1)
+        found = [vid for _c, _s, vid in process.extract(q, index._norms, scorer=fuzz.ratio, score_cutoff=min_score,
+                                                        limit=5)]
+        if q in index._norm_ids:
+            found.append(index._norm_ids[q])
+        for vid in found:
+            cand.setdefault(vid, []).append((-1, "", 100.0))
+    ranked_cand = list(cand.items())
 
     scored: list[tuple[float, int, int, str]] = []  # (score, value id, matched length, matched text)
-    for vid, positions in cand.items():
+    for vid, touches in ranked_cand:
         vtoks = index._tokens[vid]
         k = len(vtoks)
-        if sum(1 for t in vtoks if t not in STOPWORDS) == 0 and not any(p == -1 for p in positions):
+        if sum(1 for t in vtoks if t not in STOPWORDS) == 0 and not any(p == -1 for p, _, _ in touches):
             continue  # a value made only of stopwords ('The', 'No') counts only when quoted
         best, best_span = 0.0, ""
-        starts = {p - i for p in positions if p >= 0 for i in range(k)}
+        starts = {pos - vtoks.index(vt) for pos, vt, _ in touches if pos >= 0}
         for s in starts:
             for w in (k - 1, k, k + 1):
                 lo, hi = max(0, s), min(n, s + w)
@@ -457,7 +483,7 @@ def link_values(question: str, index: ValueIndex, *, limit: int = MAX_HINTS, per
     scored.sort(key=lambda x: (-x[0], -x[2], index._norms[x[1]]))
     # Each value once in its likeliest column first, then the same value in its other columns if room is left.
     qwords = set(qtokens)
-    ranked = [(score, span, _best_spellings(index._entries[vid], question, qwords)) for score, vid, _, span in scored]
+    ranked = [(score, span, _best_spellings(index._entries[vid], question, qwords, index._name_words)) for score, vid, _, span in scored]
     hints: list[ValueHint] = []
     per_col: dict[tuple[str, str], int] = defaultdict(int)
     for round_ in (0, 1):
@@ -494,7 +520,7 @@ def _window_score(window: list[str], vtoks: list[str], wsims: list[dict], value_
     return whole
 
 
-def _best_spellings(entries, question: str, qwords: set) -> list[tuple[str, str, str]]:
+def _best_spellings(entries, question: str, qwords: set, name_words: dict) -> list[tuple[str, str, str]]:
     """(table, column, value) for one normalised value, one spelling per column ('France' and 'france': the
     question's own if present, else the first seen), columns whose name the question mentions first."""
     chosen: dict[tuple[str, str], str] = {}
@@ -504,8 +530,8 @@ def _best_spellings(entries, question: str, qwords: set) -> list[tuple[str, str,
             chosen[key] = value
 
     def mentioned(key):
-        table, column = key
-        return (-len(set(normalize(column).split()) & qwords), -len(set(normalize(table).split()) & qwords))
+        column_words, table_words = name_words[key]
+        return (-len(column_words & qwords), -len(table_words & qwords))
     return [(t, c, chosen[(t, c)]) for t, c in sorted(chosen, key=mentioned)]
 
 
