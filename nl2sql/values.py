@@ -237,8 +237,8 @@ class ValueIndex:
             pool.add(t)
         # demonyms and vowel changes: the same consonant skeleton, one a prefix of the other
         sq = _skeleton(q)
-        if len(sq) >= 4:
-            for i in range(4, len(sq) + 1):
+        if len(sq) >= 3:
+            for i in range(3, len(sq) + 1):
                 pool.update(self._skel.get(sq[:i], ()))
             lo = bisect.bisect_left(self._skel_sorted, sq)
             for s in self._skel_sorted[lo:lo + 50]:
