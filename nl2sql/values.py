@@ -83,7 +83,10 @@ def normalize(text: str) -> str:
     >>> normalize("  Café  ,  Ph.D. ")
     'cafe ph d'
     """
-    text = unicodedata.normalize("NFKD", str(text))
+    text = str(text)
+    if text.isascii():  # most values: nothing to decompose
+        return " ".join(_WORD.findall(text.lower()))
+    text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
     return " ".join(_WORD.findall(text))
 
@@ -271,12 +274,14 @@ class ValueIndex:
     # --- building from a live database ---
     @classmethod
     def build(cls, warehouse, schema, settings, *, budget_s: float = BUILD_BUDGET_S, per_column: int = PER_COLUMN,
-              max_value_chars: int = MAX_VALUE_CHARS, use_cache: bool = True) -> "ValueIndex":
+              max_value_chars: int = MAX_VALUE_CHARS, use_cache: bool = True, resume: bool = False) -> "ValueIndex":
         """The value index of `warehouse`, from memory, the disk cache, or the database.
 
         Reads `SELECT DISTINCT col ... LIMIT per_column+1` for each text column through the guarded executor,
         each query stopped at the budget's remaining time; when the budget runs out, the remaining columns are
-        recorded in `unvisited` (`partial` is True) and the next build reads them and completes the cache.
+        recorded in `unvisited` (`partial` is True). A partial index found on disk (a new process) is completed
+        within a new budget; one already in memory is returned as it is unless `resume=True`, so that calling
+        build() for every question costs at most one budget per process.
         """
         key = _cache_key(warehouse.display_name, schema.fingerprint(), per_column, max_value_chars)
         path = Path(settings.cache_dir) / "values" / f"{key}.json"
@@ -284,7 +289,7 @@ class ValueIndex:
         if use_cache:
             with _MEMORY_LOCK:
                 cached = _MEMORY.get(key)
-            if cached is not None and not cached.partial:
+            if cached is not None and not (cached.partial and resume):
                 cached.from_cache = "memory"
                 return cached
             if cached is None:

@@ -206,11 +206,21 @@ def test_budget_leaves_columns_for_the_next_build(value_db, fresh_settings):
         assert first.partial and first.values == {}
         assert set(first.unvisited) == set(text_columns(schema))
         assert link_values("French places", first) == []  # a partial index still answers
-        second = ValueIndex.build(wh, schema, fresh_settings)  # resumes the unvisited columns
+        assert ValueIndex.build(wh, schema, fresh_settings) is first  # in memory: no second wait per question
+        second = ValueIndex.build(wh, schema, fresh_settings, resume=True)  # reads the unvisited columns
         assert not second.partial and ("place", "country") in second.values
         clear_memory_cache()
         third = ValueIndex.build(wh, schema, fresh_settings)
         assert third.from_cache == "disk" and not third.partial
+        # a partial index left on disk by an earlier process is completed by the next build
+        clear_memory_cache()
+        for f in (fresh_settings.cache_dir / "values").glob("*.json"):
+            stored = json.loads(f.read_text())
+            stored["unvisited"] = [["place", "country"]]
+            stored["columns"] = [c for c in stored["columns"] if c["column"] != "country"]
+            f.write_text(json.dumps(stored))
+        resumed = ValueIndex.build(wh, schema, fresh_settings)
+        assert not resumed.partial and "France" in resumed.values[("place", "country")]
     finally:
         wh.close()
 
