@@ -35,7 +35,8 @@ from pathlib import Path
 
 from sqlglot import exp
 
-from .errors import ConnectError, ExecutionError, QueryTimeout, ResourceLimitError
+from .engines.worker import EmbeddedWorker, WorkerError
+from .errors import ConfigError, ConnectError, ExecutionError, QueryTimeout, ResourceLimitError
 from .schema import Column, ForeignKey, Table
 
 DUCKDB_SUFFIXES = (".duckdb", ".ddb")
@@ -51,7 +52,7 @@ def open_warehouse(db=None, settings=None) -> "Warehouse":
     if db is None:
         from schemas.demo import demo_warehouse_path
         return DuckDBWarehouse(demo_warehouse_path(settings), settings, name="demo retail warehouse")
-    if hasattr(db, "execute") and type(db).__module__.startswith("duckdb"):
+    if hasattr(db, "execute") and type(db).__module__.lstrip("_").startswith("duckdb"):  # duckdb 1.x: _duckdb
         return DuckDBWarehouse(None, settings, conn=db, name="duckdb connection")
     if hasattr(db, "dialect") and hasattr(db, "connect"):  # a SQLAlchemy Engine
         return SQLAlchemyWarehouse(db, settings)
@@ -242,24 +243,42 @@ class DuckDBWarehouse(Warehouse):
             "threads": max(1, min(4, os.cpu_count() or 1)),
             "temp_directory": self._tmp,
         }
+        # The file is opened by a worker process (engines/worker.py), which a query that outlives the timeout
+        # or the memory limit is killed with; this process never opens it.
+        self.conn = None
+        limit = memory_bytes(settings.memory_limit)
+        self._worker = EmbeddedWorker("duckdb", str(path), memory_limit_bytes=limit, open_args={
+            "config": config, "address_space_bytes": 2 * limit + (512 << 20)})
         try:
-            self.conn = duckdb.connect(str(path), read_only=True, config=config)
-            locked = self.conn.execute("SELECT current_setting('lock_configuration')").fetchone()[0]
-            if not locked:  # a second connection to the same file shares the first one's locked instance
-                self.conn.execute("SET lock_configuration = true")
-        except duckdb.Error as e:
-            raise ConnectError(f"Could not open the DuckDB file {self.display_name}: {str(e).splitlines()[0]}",
+            self._worker.request({"op": "run", "sql": "SELECT 1", "row_limit": 1, "timeout": 30.0,
+                                  "max_bytes": 1000}, timeout=30.0)
+        except WorkerError as e:
+            self._worker.close()
+            raise ConnectError(f"Could not open the DuckDB file {self.display_name}: {e}",
                                hint="Check that the file is a DuckDB database and no other process holds it for writing.") from None
 
-    def describe_tables(self):
-        q = self.conn.execute
+    _worker = None
+
+    def _internal(self, sql: str) -> list[tuple]:
+        """Rows of a catalog query nl2sql wrote itself (introspection), wherever the connection lives."""
+        if self._worker is not None:
+            try:
+                return self._worker.request({"op": "run", "sql": sql, "row_limit": 10_000_000, "timeout": 60.0,
+                                             "max_bytes": 1 << 40}, timeout=60.0)[1]
+            except WorkerError as e:
+                raise ExecutionError(f"DuckDB could not describe the database: {e}",
+                                     hint="Check that the file is a readable DuckDB database.") from None
         with self._lock:
-            tables = q("SELECT table_name, comment FROM duckdb_tables() WHERE NOT internal "
-                       "AND schema_name = current_schema() ORDER BY table_name").fetchall()
-            cols = q("SELECT table_name, column_name, data_type, comment FROM duckdb_columns() "
-                     "WHERE NOT internal AND schema_name = current_schema() ORDER BY table_name, column_index").fetchall()
-            cons = q("SELECT table_name, constraint_type, constraint_column_names, referenced_table, "
-                     "referenced_column_names FROM duckdb_constraints() WHERE schema_name = current_schema()").fetchall()
+            return self.conn.execute(sql).fetchall()
+
+    def describe_tables(self):
+        q = self._internal
+        tables = q("SELECT table_name, comment FROM duckdb_tables() WHERE NOT internal "
+                   "AND schema_name = current_schema() ORDER BY table_name")
+        cols = q("SELECT table_name, column_name, data_type, comment FROM duckdb_columns() "
+                 "WHERE NOT internal AND schema_name = current_schema() ORDER BY table_name, column_index")
+        cons = q("SELECT table_name, constraint_type, constraint_column_names, referenced_table, "
+                 "referenced_column_names FROM duckdb_constraints() WHERE schema_name = current_schema()")
         pks, fks = {}, {}
         for t, kind, ccols, rt, rcols in cons:
             if kind == "PRIMARY KEY":
@@ -273,16 +292,17 @@ class DuckDBWarehouse(Warehouse):
         return tuple(Table(t, tuple(by_table.get(t, ())), comment or "", tuple(fks.get(t, ()))) for t, comment in tables)
 
     def _list_tables(self):
-        with self._lock:
-            names = self.conn.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE NOT internal AND schema_name = current_schema() "
-                "UNION SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = current_schema()"
-            ).fetchall()
-            schema = self.conn.execute("SELECT current_schema()").fetchone()[0]
+        names = self._internal(
+            "SELECT table_name FROM duckdb_tables() WHERE NOT internal AND schema_name = current_schema() "
+            "UNION SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = current_schema()")
+        schema = self._internal("SELECT current_schema()")[0][0]
         return frozenset(n for (n,) in names), frozenset({schema})
 
     def run(self, sql, *, row_limit, timeout, fresh_session: bool = False):
         import duckdb
+        if self._worker is not None:
+            return _run_in_worker(self._worker, "DuckDB", sql, row_limit=row_limit, timeout=timeout,
+                                  settings=self.settings)
         with self._lock:
             # DuckDB's own parser: exactly one SELECT. Read-only mode still allows temp tables, macros, variables
             # and search_path changes, which would outlive the query on this shared connection.
@@ -315,10 +335,51 @@ class DuckDBWarehouse(Warehouse):
         return columns, rows, truncated
 
     def close(self):
+        if self._worker is not None:
+            self._worker.close()
         try:
             self.conn.close()
         except Exception:
             pass
+
+
+def memory_bytes(text: str) -> int:
+    """A DuckDB-style memory size in bytes ('1GB' = 10**9, '512MiB' = 512 * 2**20).
+
+    >>> memory_bytes("256MB"), memory_bytes("1GiB"), memory_bytes("2 GB")
+    (256000000, 1073741824, 2000000000)
+    """
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?i?b?)\s*", str(text).lower())
+    if not m:
+        raise ConfigError(f"The memory limit {text!r} is not a size.", hint="Set NL2SQL_MEMORY_LIMIT to e.g. 1GB or 512MB.")
+    unit = m.group(2).rstrip("b")
+    base = 1024 if unit.endswith("i") else 1000
+    power = "kmgt".index(unit[0]) + 1 if unit else 0
+    return int(float(m.group(1)) * base ** power)
+
+
+def _run_in_worker(worker, engine: str, sql: str, *, row_limit: int, timeout: float, settings):
+    """A query in an embedded engine's worker process, its failures as nl2sql errors."""
+    try:
+        return worker.request({"op": "run", "sql": sql, "row_limit": row_limit, "timeout": timeout,
+                               "max_bytes": settings.max_result_bytes}, timeout=timeout)
+    except WorkerError as e:
+        if e.kind == "timeout":
+            raise QueryTimeout(f"The query ran longer than {timeout:g} s and was stopped.",
+                               hint="Narrow the question, or raise NL2SQL_STATEMENT_TIMEOUT.") from None
+        if e.kind == "memory":
+            raise ResourceLimitError(f"The query needed more than {settings.memory_limit} of memory and was stopped.",
+                                     hint="Narrow the question, or raise NL2SQL_MEMORY_LIMIT.") from None
+        if e.kind == "toobig":
+            raise ResourceLimitError(f"The query built a value larger than {settings.max_result_bytes:,} bytes and "
+                                     "was stopped.", hint="Narrow the question, or raise NL2SQL_MAX_RESULT_BYTES.") from None
+        if e.kind == "statement":
+            raise ExecutionError(f"{engine} runs one SELECT statement per query here; this SQL has {e}.",
+                                 hint="Send one SELECT at a time.") from None
+        if e.kind == "died":
+            raise ExecutionError(f"The {engine} query process ended unexpectedly and was restarted.",
+                                 hint="Run the query again; if it keeps failing, narrow it.") from None
+        raise ExecutionError(f"{engine} refused the query: {e}", hint="Check the SQL against the schema.") from None
 
 
 class SQLAlchemyWarehouse(Warehouse):
@@ -348,6 +409,21 @@ class SQLAlchemyWarehouse(Warehouse):
         except Exception as e:
             raise ConnectError(f"Cannot connect to {safe}: {_scrub(_one_line(e), self.engine.url)}",
                                hint="Check that the server is running and the URL, user and database are right.") from None
+        db = self.engine.url.database or ""
+        if backend == "sqlite" and isinstance(url_or_engine, (str, sa.URL)) and db.startswith("file:"):
+            # A SQLite file nl2sql opened itself: queries run in a worker process (engines/worker.py) that is
+            # killed past the timeout or the memory limit; introspection stays here (read-only URI).
+            from urllib.parse import unquote
+            from .validate import FunctionPolicy
+            policy = FunctionPolicy.from_settings("sqlite", settings)
+            limit = memory_bytes(settings.memory_limit)
+            self._worker = EmbeddedWorker("sqlite", unquote(db[len("file:"):].split("?", 1)[0]),
+                                          memory_limit_bytes=limit, open_args={
+                                              "functions": sorted(policy.names | policy.extra),
+                                              "max_bytes": settings.max_result_bytes,
+                                              "address_space_bytes": 2 * limit + (256 << 20)})
+
+    _worker = None
 
     def describe_tables(self):
         import sqlalchemy as sa
@@ -385,6 +461,9 @@ class SQLAlchemyWarehouse(Warehouse):
     def run(self, sql, *, row_limit, timeout, fresh_session: bool = False):
         import sqlalchemy as sa
         from .validate import FunctionPolicy
+        if self._worker is not None:
+            return _run_in_worker(self._worker, "SQLite", sql, row_limit=row_limit, timeout=timeout,
+                                  settings=self.settings)
         dbapi_error = getattr(self.engine.dialect, "loaded_dbapi", None)
         dbapi_error = getattr(dbapi_error, "Error", sa.exc.DBAPIError)
         max_bytes = self.settings.max_result_bytes
@@ -442,6 +521,8 @@ class SQLAlchemyWarehouse(Warehouse):
         return columns, rows, truncated
 
     def close(self):
+        if self._worker is not None:
+            self._worker.close()
         self.engine.dispose()
 
 
