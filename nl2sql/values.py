@@ -347,15 +347,24 @@ def text_columns(schema) -> list[tuple[str, str]]:
             if c.type == "" or any(k in c.type.upper() for k in _TEXT_TYPES)]
 
 
-def _read_column(warehouse, settings, table, column, per_column, max_chars, *, timeout):
-    from sqlglot import exp
+def column_query(table: str, column: str, dialect: str, *, per_column: int = PER_COLUMN,
+                 max_chars: int = MAX_VALUE_CHARS) -> str:
+    """The SELECT that reads one column's distinct values (one more than the cap, to know it was capped).
 
-    from .executor import run_checked
+    >>> column_query("my table", "Name", "mysql", per_column=10)
+    'SELECT DISTINCT `Name` FROM `my table` WHERE NOT `Name` IS NULL AND CHAR_LENGTH(CAST(`Name` AS CHAR)) <= 60 LIMIT 11'
+    """
+    from sqlglot import exp
     col = exp.column(column, quoted=True)
     as_text = exp.cast(col.copy(), "TEXT")
-    sql = (exp.select(col).distinct().from_(exp.table_(table, quoted=True))
-           .where(exp.and_(col.copy().is_(exp.null()).not_(), exp.Length(this=as_text) <= max_chars))
-           .limit(per_column + 1).sql(dialect=warehouse.dialect))
+    return (exp.select(col).distinct().from_(exp.table_(table, quoted=True))
+            .where(exp.and_(col.copy().is_(exp.null()).not_(), exp.Length(this=as_text) <= max_chars))
+            .limit(per_column + 1).sql(dialect=dialect))
+
+
+def _read_column(warehouse, settings, table, column, per_column, max_chars, *, timeout):
+    from .executor import run_checked
+    sql = column_query(table, column, warehouse.dialect, per_column=per_column, max_chars=max_chars)
     limited = settings.replace(row_limit=per_column + 1, statement_timeout=timeout)
     df = run_checked(warehouse, sql, limited).df
     out = []

@@ -299,3 +299,54 @@ def test_values_are_read_only_through_the_guarded_executor(value_db, fresh_setti
         wh.close()
     assert len(seen) == len(text_columns(schema)) == len(index.values)
     assert all(s.startswith("SELECT DISTINCT") and "LIMIT 5001" in s for s in seen)
+
+
+def _spider_schemas():
+    from conftest import SPIDER
+    from nl2sql.schema import from_spider
+    return [from_spider(e) for e in json.loads((SPIDER / "tables.json").read_text())]
+
+
+def test_column_queries_for_every_spider_schema_name_the_right_column_in_every_dialect():
+    import sqlglot
+    from sqlglot import exp
+
+    from nl2sql.values import column_query
+    schemas = _spider_schemas()
+    assert len(schemas) == 166
+    for schema in schemas:
+        cols = text_columns(schema)
+        assert len(cols) == sum(1 for t in schema.tables for c in t.columns if c.type == "TEXT")
+        for i, (table, column) in enumerate(cols):
+            for dialect in [("sqlite", "duckdb", "postgres", "mysql")[i % 4]]:  # every column, every dialect
+                tree = sqlglot.parse_one(column_query(table, column, dialect), read=dialect)
+                assert {t.name for t in tree.find_all(exp.Table)} == {table}
+                assert {c.name for c in tree.find_all(exp.Column)} == {column}
+                assert tree.args["limit"].expression.name == "5001"
+
+
+def test_wide_schema_with_names_that_need_quoting(tmp_path, fresh_settings):
+    """200 tables whose names need quoting, on DuckDB: every text column is read, left for later, or failed."""
+    import duckdb
+    p = tmp_path / "wide.duckdb"
+    con = duckdb.connect(str(p))
+    for i in range(200):
+        con.execute(f'CREATE TABLE "t {i} ""x"" `b`" (id INTEGER, "näme {i}" VARCHAR, "it\'s" VARCHAR, n DOUBLE)')
+        con.execute(f'INSERT INTO "t {i} ""x"" `b`" VALUES (1, \'value {i}\', \'Zürich\', 1.5), (2, NULL, \'zurich\', 2)')
+    con.close()
+    wh = open_warehouse(str(p), fresh_settings)
+    try:
+        schema = introspect(wh, sample_values=0)
+        index = ValueIndex.build(wh, schema, fresh_settings, budget_s=5.0)
+    finally:
+        wh.close()
+    cols = set(text_columns(schema))
+    assert len(cols) == 400
+    assert set(index.values) | set(index.unvisited) | {f[:2] for f in index.failed} == cols
+    assert not index.failed and index.partial == bool(index.unvisited)
+    read = [k for k in index.values if k[1] == "it's"]
+    assert read and all(sorted(index.values[k]) == ["Zürich", "zurich"] for k in read)
+    if read:
+        hints = link_values("Who lives in Zurich?", index)
+        assert hints and all(h.value in ("Zürich", "zurich") for h in hints)
+        assert format_hints(hints[:1]).startswith('-- Values: "t ')
