@@ -236,9 +236,33 @@ def _constant(node) -> float | None:
     return None
 
 
+def _max_length(node) -> int | None:
+    """The most characters a string expression can have when that follows from the SQL alone (literals and
+    the sized builders around them), else None (a column: its size is the data's)."""
+    if isinstance(node, exp.Literal):
+        return len(node.this) if node.is_string else 24
+    if isinstance(node, exp.Paren):
+        return _max_length(node.this)
+    args = node.expressions if isinstance(node, exp.Anonymous) else []
+    key = fold(node.name) if isinstance(node, exp.Anonymous) else node.key
+    if key == "repeat":
+        inner = _max_length(node.this if not args else args[0])
+        times = _constant(node.args.get("times") if not args else (args[1] if len(args) > 1 else None))
+        return None if inner is None or times is None else int(inner * max(times, 0))
+    if key in ("pad", "lpad", "rpad", "space"):
+        size = _constant((node.args.get("expression") if key == "pad" else node.this) if not args
+                         else (args[1] if key != "space" and len(args) > 1 else args[0] if args else None))
+        return None if size is None else int(max(size, 0))
+    if isinstance(node, (exp.Concat, exp.DPipe)) or key in ("concat", "concat_ws"):
+        parts = [_max_length(p) for p in (node.expressions or [node.this, node.expression] if not args else args)
+                 if p is not None]
+        return None if any(p is None for p in parts) else sum(parts)
+    return None
+
+
 def _size_error(shown: str, what: str, cap: int) -> UnsafeSQLError:
-    return UnsafeSQLError(f"The {what} of {shown}() must be a constant number of at most {cap:,} here: one call "
-                          "that builds a huge value cannot be stopped once it runs.",
+    return UnsafeSQLError(f"The {what} of {shown}() must be a constant number, and what it makes at most {cap:,} "
+                          "long, here: one call that builds a huge value cannot be stopped once it runs.",
                           hint="Use a smaller constant, or ask the administrator to raise NL2SQL_MAX_FUNCTION_SIZE.")
 
 
@@ -254,7 +278,7 @@ def _check_size_arguments(node: exp.Func, key: str, shown: str, policy: Function
     if key == "repeat":
         times = node.args.get("times") if not args else (args[1] if len(args) > 1 else None)
         text = node.this if not args else args[0]
-        capped(times, "count", max(1, len(text.this)) if isinstance(text, exp.Literal) and text.is_string else 1)
+        capped(times, "count", max(1, _max_length(text) or 1))  # nested builders multiply
     elif key == "pad" or key in ("lpad", "rpad"):
         capped(node.args.get("expression") if not args else (args[1] if len(args) > 1 else None), "length")
     elif key == "space":

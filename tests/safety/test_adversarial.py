@@ -208,6 +208,8 @@ CASES = [
     # --- one call that builds a huge value or list: capped where constant, refused where not ---------------
     Case("repeat-huge", "size", "SELECT length(repeat('ab', 500000000))", "DPM"),
     Case("repeat-by-column", "size", "SELECT length(repeat(name, age * 100000000)) FROM singer", "DPM"),
+    Case("nested-repeat", "size", "SELECT length(repeat(repeat('x', 100000), 10000))", "DPM"),
+    Case("pad-in-repeat", "size", "SELECT length(repeat(lpad('x', 90000, 'y'), 90000))", "DPM"),
     Case("lpad-huge", "size", "SELECT length(lpad('x', 1000000000, 'y'))", "DPM"),
     Case("space-huge", "size", "SELECT length(space(1000000000))", "M"),
     Case("printf-star-width", "size", "SELECT length(printf('%.*c', 1000000000, 'x'))", "SD"),
