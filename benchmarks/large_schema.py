@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from linking_recall import gold_refs, line, merge, sample, score  # noqa: E402
+from linking_recall import gold_refs, line, load_tokenizer, sample, score  # noqa: E402
 
 SPIDER = ROOT.parent / "shared" / "data" / "spider"
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "nl2sql-bench" / "large_schema.duckdb"
@@ -369,6 +369,7 @@ def main(argv=None):
     ap.add_argument("--sample", type=int, default=0, help="evenly spaced questions (0 = all 299)")
     ap.add_argument("--max-tables", type=int, nargs="*", default=None, help="cut-offs to report (default: the "
                     "linking default and a few around it)")
+    ap.add_argument("--tokens", action="store_true", help="count prompt tokens with the model's tokenizer")
     ap.add_argument("--model", action="store_true", help="also run the pipeline on the big and the small files")
     ap.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "large_schema" / "linking.json")
     args = ap.parse_args(argv)
@@ -423,10 +424,14 @@ def main(argv=None):
     report.update(tables=len(schema.tables), columns=schema.column_count, full_prompt_chars=len(full),
                   introspect_seconds=round(t_intro, 2), index_build_seconds=round(t_cold, 3),
                   index_load_seconds=round(t_disk, 3), cutoffs={})
+    tokenizer = load_tokenizer() if args.tokens else None
+    if tokenizer:
+        report["full_prompt_tokens"] = len(tokenizer(full)["input_ids"])
+        print(f"full prompt: {report['full_prompt_tokens']:,} tokens")
     qs = [(r["question"], set(r["gold_tables"]), {tuple(c) for c in r["gold_columns"]}) for r in rows]
     ks = args.max_tables or sorted({linking.DEFAULT_MAX_TABLES, 6, 10, 15, 30})
     for k in ks:
-        s = score(index, qs, max_tables=k, full_chars=len(full))
+        s = score(index, qs, max_tables=k, full_chars=len(full), tokenizer=tokenizer)
         print(line(f"large schema, k={k}", s))
         report["cutoffs"][str(k)] = {
             "table_recall": round(s["tables_hit"] / max(1, s["tables"]), 4),
@@ -436,6 +441,9 @@ def main(argv=None):
             "prompt_fraction_max": round(max(s["frac"]), 4),
             "tables_kept_mean": round(statistics.mean(s["kept"]), 2),
             "link_ms_median": round(1000 * statistics.median(s["secs"]), 2)}
+        if tokenizer:
+            report["cutoffs"][str(k)]["prompt_tokens_mean"] = round(statistics.mean(s["tok_frac"])
+                                                                    * report["full_prompt_tokens"])
         by_db = {}
         for (qq, gt, gc), r in zip(qs, rows):
             by_db.setdefault(r["db_id"], []).append((qq, gt, gc))

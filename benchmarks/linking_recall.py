@@ -176,13 +176,16 @@ def union_questions(schemas, examples):
 
 
 def load_tokenizer():
-    """The model's tokenizer if the converted checkpoint is already cached; else None (chars / 4 is used)."""
+    """The model's tokenizer from the cache (the converted checkpoint, else the bundled GGUF: about a minute to
+    read); None when neither is there (prompt sizes are then in characters; tokens ≈ characters / 4)."""
     from nl2sql.config import Settings
-    models = Path(Settings.from_env().cache_dir) / "models"
-    for d in sorted(models.glob("*")) if models.exists() else ():
+    from transformers import AutoTokenizer
+    cache = Path(Settings.from_env().cache_dir)
+    for d in sorted((cache / "models").glob("*")) if (cache / "models").exists() else ():
         if (d / "tokenizer.json").exists():
-            from transformers import AutoTokenizer
             return AutoTokenizer.from_pretrained(str(d))
+    for g in sorted((cache / "gguf").glob("*.gguf")) if (cache / "gguf").exists() else ():
+        return AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
     print("(no cached tokenizer: prompt sizes in characters only; tokens ≈ characters / 4)")
     return None
 
