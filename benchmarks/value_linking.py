@@ -145,8 +145,10 @@ def train_proxy(tables):
     def index_for(db):
         if db not in cache:
             cache.clear()
-            cache[db] = ValueIndex.from_values(db, indexes.get(db, {}))
+            cache[db] = ValueIndex.from_values(db, indexes.get(db, {}), schema=schemas.get(db))
         return cache[db]
+    from nl2sql.schema import from_spider
+    schemas = {e["db_id"]: from_spider(e) for e in json.loads((SPIDER / "tables.json").read_text())}
     examples.sort(key=lambda e: e["db_id"])
     return examples, index_for
 

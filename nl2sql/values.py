@@ -41,6 +41,7 @@ BUILD_BUDGET_S = 5.0       # wall-clock budget of one build; columns not reached
 MIN_SCORE = 85.0           # a hint needs at least this score (0-100)
 MAX_HINTS = 6
 PER_COLUMN_HINTS = 2
+SCHEMA_WORD_PENALTY = 10.0  # a one-word value that is also a word of a table or column name
 MAX_CANDIDATES = 200       # values scored in full per question (the best covered by the question's words)
 
 CACHE_VERSION = 1
@@ -152,6 +153,7 @@ class ValueIndex:
     failed: tuple = ()                   # (table, column, reason): queries that errored or timed out
     build_seconds: float = 0.0
     from_cache: str = ""                 # "", "memory" or "disk"
+    schema_words: frozenset = frozenset()  # words of the table and column names (see SCHEMA_WORD_PENALTY)
 
     def __post_init__(self):
         self._prepare()
@@ -166,9 +168,10 @@ class ValueIndex:
         return sum(len(v) for v in self.values.values())
 
     @classmethod
-    def from_values(cls, database: str, values: dict, *, fingerprint: str = "") -> "ValueIndex":
+    def from_values(cls, database: str, values: dict, *, fingerprint: str = "", schema=None) -> "ValueIndex":
         """An index over given values ({(table, column): [values]}): for tests, benchmarks and custom sources."""
-        return cls(database, fingerprint, {k: [str(x) for x in v] for k, v in values.items()})
+        return cls(database, fingerprint, {k: [str(x) for x in v] for k, v in values.items()},
+                   schema_words=_schema_words(schema) if schema is not None else frozenset())
 
     # lookup structures, rebuilt after loading (never stored)
     def _prepare(self) -> None:
@@ -261,7 +264,7 @@ class ValueIndex:
                 "columns": [{"table": t, "column": c, "values": v, "capped": (t, c) in self.capped}
                             for (t, c), v in self.values.items()],
                 "unvisited": [list(x) for x in self.unvisited], "failed": [list(x) for x in self.failed],
-                "build_seconds": self.build_seconds}
+                "build_seconds": self.build_seconds, "schema_words": sorted(self.schema_words)}
 
     @classmethod
     def from_json(cls, d: dict) -> "ValueIndex":
@@ -269,7 +272,7 @@ class ValueIndex:
                    {(c["table"], c["column"]): list(c["values"]) for c in d["columns"]},
                    frozenset((c["table"], c["column"]) for c in d["columns"] if c.get("capped")),
                    tuple(tuple(x) for x in d.get("unvisited", ())), tuple(tuple(x) for x in d.get("failed", ())),
-                   float(d.get("build_seconds", 0.0)))
+                   float(d.get("build_seconds", 0.0)), schema_words=frozenset(d.get("schema_words", ())))
 
     # --- building from a live database ---
     @classmethod
@@ -323,7 +326,8 @@ class ValueIndex:
             if was_capped:
                 capped.add((table, column))
         index = cls(warehouse.display_name, schema.fingerprint(), values, frozenset(capped), tuple(unvisited),
-                    tuple(failed), time.perf_counter() - t0 + (cached.build_seconds if cached else 0.0))
+                    tuple(failed), time.perf_counter() - t0 + (cached.build_seconds if cached else 0.0),
+                    schema_words=_schema_words(schema))
         if use_cache:
             _write_cache(path, index)
             with _MEMORY_LOCK:
@@ -339,6 +343,21 @@ def clear_memory_cache() -> None:
     """Forget the in-memory indexes (the disk cache stays)."""
     with _MEMORY_LOCK:
         _MEMORY.clear()
+
+
+def _schema_words(schema) -> frozenset:
+    """The words of a schema's table and column names ('student_id' -> 'student', 'id'), singular too."""
+    words = set()
+    for t in schema.tables:
+        for name in (t.name, *(c.name for c in t.columns)):
+            for w in normalize(re.sub(r"([a-z])([A-Z])", r"\1 \2", name)).split():
+                words.add(w)
+                words.add(_singular(w))
+    return frozenset(words)
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def text_columns(schema) -> list[tuple[str, str]]:
@@ -484,6 +503,8 @@ def link_values(question: str, index: ValueIndex, *, limit: int = MAX_HINTS, per
             score = 100.0 if q == value_text else fuzz.ratio(q, value_text)
             if score >= best:
                 best, best_span = score, quoted_text[q]
+        if k == 1 and index.schema_words and _singular(vtoks[0]) in index.schema_words:
+            best -= SCHEMA_WORD_PENALTY  # 'students' names the table student more likely than a value 'Student'
         if best >= min_score:
             scored.append((best, vid, len(value_text), best_span))
     # initialisms: 'LA' for 'Los Angeles', when few values have those initials

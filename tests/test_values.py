@@ -350,3 +350,14 @@ def test_wide_schema_with_names_that_need_quoting(tmp_path, fresh_settings):
         hints = link_values("Who lives in Zurich?", index)
         assert hints and all(h.value in ("Zürich", "zurich") for h in hints)
         assert format_hints(hints[:1]).startswith('-- Values: "t ')
+
+
+def test_a_value_that_is_also_a_schema_word_needs_an_exact_match():
+    from nl2sql.schema import Column, Schema, Table
+    schema = Schema("x", "sqlite", (Table("student", (Column("id", "INTEGER"),)),
+                                    Table("member", (Column("role", "TEXT"),))))
+    index = ValueIndex.from_values("x", {("member", "role"): ["Student", "Teachers"]}, schema=schema)
+    assert [h.value for h in link_values("How many students are there?", index)] == []
+    assert [h.value for h in link_values("How many members are a student?", index)] == ["Student"]
+    assert [h.value for h in link_values("Which members are a teacher?", index)] == ["Teachers"]
+    assert ValueIndex.from_json(json.loads(json.dumps(index.to_json()))).schema_words == index.schema_words
