@@ -2,13 +2,15 @@
 (model, warehouses, schemas, grammars) so a notebook or the app pays for it once."""
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import executor as execute_mod
 from .config import Settings
-from .errors import InputError, Nl2SqlError, SchemaError
+from .errors import InputError, ModelError, Nl2SqlError, SchemaError
 from .prompt import build_prompt, render_schema
 from .schema import Schema, introspect
 
@@ -28,10 +30,37 @@ class Answer:
     db: str | None = None
     tokens: int = 0
     attempts: int = 1               # decodings tried (more than one when nl2sql/repair.py branched)
+    candidates: int = 1             # candidates decoded together (NL2SQL_CANDIDATES)
+    agreement: int = 1              # how many valid candidates gave this answer's result: the confidence
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass
+class _Outcome:
+    """One candidate taken through validate -> execute: its SQL and result, or the error that stopped it."""
+    generation: object
+    sql: str | None = None
+    df: object = None
+    truncated: bool = False
+    error: Nl2SqlError | None = None
+
+
+class _Timer:
+    """Adds the seconds spent inside `with timer("stage"):` to timings[stage]."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
 
 
 def _cache_key(db):
@@ -40,11 +69,19 @@ def _cache_key(db):
 
 
 class Pipeline:
-    def __init__(self, settings: Settings | None = None):
+    """The stages of one question, with what is slow to build kept between questions.
+
+    `generator` plugs in any object with the SqlGenerator protocol (model_name, adapter_name, decode,
+    generate, candidates): a scripted model in tests, a remote backend later. By default the configured
+    model is loaded on the first question.
+    """
+
+    def __init__(self, settings: Settings | None = None, generator=None):
         self.settings = settings or Settings.from_env()
         self._warehouses: dict = {}
         self._schemas: dict = {}
-        self._generator = None
+        self._binders: dict = {}
+        self._generator = generator
         self._lock = threading.Lock()
 
     # --- stages, each cached where it is slow --------------------------------------------------
@@ -62,6 +99,13 @@ class Pipeline:
             self._schemas[key] = introspect(self.warehouse(db), sample_values=self.settings.sample_values)
         return self._schemas[key]
 
+    def binder(self, schema: Schema):
+        from .binding import Binder
+        key = schema.fingerprint()
+        if key not in self._binders:
+            self._binders[key] = Binder(schema)
+        return self._binders[key]
+
     @property
     def model_loaded(self) -> bool:
         """Whether the model is in memory (the first question loads it, which takes longer)."""
@@ -78,61 +122,124 @@ class Pipeline:
     # --- the composition ----------------------------------------------------------------------
     def ask(self, question: str, db=None, *, execute: bool = True, examples=()) -> Answer:
         t0 = time.perf_counter()
+        timer = _Timer()
         question = check_question(question, self.settings)
-        timings = {}
-        schema = self.schema(db)
-        if schema.column_count > self.settings.max_prompt_columns:
-            raise SchemaError(f"The schema has {schema.column_count} columns, more than the prompt can hold "
-                              f"({self.settings.max_prompt_columns}).",
-                              hint="Point --db at a narrower schema or view, or raise NL2SQL_MAX_PROMPT_COLUMNS.")
-        timings["schema"] = time.perf_counter() - t0
+        with timer("schema"):
+            schema = self.schema(db)
+            if schema.column_count > self.settings.max_prompt_columns:
+                raise SchemaError(f"The schema has {schema.column_count} columns, more than the prompt can hold "
+                                  f"({self.settings.max_prompt_columns}).",
+                                  hint="Point --db at a narrower schema or view, or raise NL2SQL_MAX_PROMPT_COLUMNS.")
         gen = self.generator
-        answer = Answer(question, model=gen.loaded.name, adapter=gen.loaded.adapter_version or gen.loaded.adapter,
-                        db=schema.name)
+        answer = Answer(question, model=gen.model_name, adapter=gen.adapter_name, db=schema.name,
+                        candidates=max(1, self.settings.candidates))
         prompt = build_prompt(schema, question, list(examples))
         prefix = render_schema(schema) + "\n"  # shared by every question on this schema: its KV cache is reused
-        grammar = None
+        grammar = binder = None
         if self.settings.constrained:
             from .grammar import sql_grammar
             grammar = sql_grammar(schema)
-        from .repair import next_branch, repairable
-        from .validate import validate
-        forced, tried = (), set()
-
-        def decode(ids):
-            return gen.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        for k in ("generate", "validate", "execute"):
-            timings[k] = 0.0
-        while True:
-            t = time.perf_counter()
-            out = gen.generate(prompt, grammar, self.settings.max_new_tokens, prefix=prefix, forced=forced)
-            timings["generate"] += time.perf_counter() - t
-            answer.raw_sql, answer.tokens = out.text, answer.tokens + out.tokens
-            answer.sql = answer.error = answer.error_type = None
-            try:
-                t = time.perf_counter()
-                checked = validate(out.text, schema, max_chars=self.settings.max_sql_chars)
-                answer.sql = checked.sql
-                timings["validate"] += time.perf_counter() - t
-                if execute:
-                    t = time.perf_counter()
-                    result = execute_mod.run_checked(self.warehouse(db), checked.sql, self.settings)
-                    answer.df, answer.truncated = result.df, result.truncated
-                    timings["execute"] += time.perf_counter() - t
-                break
-            except Nl2SqlError as e:
-                answer.error, answer.error_type = str(e), type(e).__name__
-                if answer.attempts > self.settings.repair_attempts or not repairable(e):
-                    break
-                forced = next_branch(out, e.message, decode, tried)
-                if forced is None:
-                    break
-                answer.attempts += 1
+            binder = self.binder(schema) if self.settings.bind_columns else None
+        with timer("generate"):
+            gens = gen.candidates(prompt, grammar, self.settings.max_new_tokens, prefix=prefix,
+                                  n=answer.candidates, binder=binder, seed=_seed(question),
+                                  temperature=self.settings.temperature)
+        outcomes = [self._attempt(g, schema, db, execute, timer) for g in gens]
+        best, agreement = vote(outcomes)
+        answer.tokens = sum(g.tokens for g in gens)
+        if best is None:  # no candidate valid: repair branches from the greedy one (nl2sql/repair.py)
+            best = self._repair(outcomes[0], prompt, prefix, grammar, binder, schema, db, execute, timer, answer)
+        self._fill(answer, best, agreement)
+        timings = timer.timings
         if not execute:
-            timings.pop("execute")
+            timings.pop("execute", None)
         timings["total"] = time.perf_counter() - t0
         answer.timings = {k: round(v, 4) for k, v in timings.items()}
         return answer
+
+    def _attempt(self, generation, schema, db, execute: bool, timer) -> _Outcome:
+        """generate (done) -> validate -> execute, for one candidate."""
+        from .validate import validate
+        out = _Outcome(generation)
+        try:
+            if generation.error:
+                raise ModelError(generation.error, hint="Rephrase the question, or report it if it keeps happening.")
+            with timer("validate"):
+                checked = validate(generation.text, schema, max_chars=self.settings.max_sql_chars)
+                out.sql = checked.sql
+            if execute:
+                with timer("execute"):
+                    result = execute_mod.run_checked(self.warehouse(db), checked.sql, self.settings)
+                out.df, out.truncated = result.df, result.truncated
+        except Nl2SqlError as e:
+            out.error = e
+        return out
+
+    def _repair(self, first: _Outcome, prompt, prefix, grammar, binder, schema, db, execute, timer,
+                answer: Answer) -> _Outcome:
+        from .repair import next_branch, repairable
+        tried: set = set()
+        outcome = first
+        while (answer.attempts <= self.settings.repair_attempts and outcome.error is not None
+               and repairable(outcome.error)):
+            forced = next_branch(outcome.generation, outcome.error.message, self.generator.decode, tried)
+            if forced is None:
+                break
+            answer.attempts += 1
+            with timer("generate"):
+                g = self.generator.generate(prompt, grammar, self.settings.max_new_tokens, prefix=prefix,
+                                            forced=forced, binder=binder)
+            answer.tokens += g.tokens
+            outcome = self._attempt(g, schema, db, execute, timer)
+        return outcome
+
+    @staticmethod
+    def _fill(answer: Answer, best: _Outcome, agreement: int) -> None:
+        answer.raw_sql, answer.sql = best.generation.text, best.sql
+        answer.df, answer.truncated = best.df, best.truncated
+        answer.agreement = agreement if best.error is None else 0
+        if best.error is not None:
+            answer.error, answer.error_type = str(best.error), type(best.error).__name__
+
+
+def vote(outcomes: list[_Outcome]) -> tuple[_Outcome | None, int]:
+    """The answer most valid candidates agree on, and how many agree.
+
+    Candidates agree when their results are the same rows (in order, when the SQL orders them; without
+    execution, when their SQL is the same). A non-empty result beats an empty one (an empty result is what
+    most wrong filters give); ties go to the likelier group, by its best candidate's log-probability.
+    """
+    groups: dict = {}
+    for o in outcomes:
+        if o.error is None:
+            groups.setdefault(_result_key(o), []).append(o)
+    if not groups:
+        return None, 0
+
+    def rank(members):
+        best = max(m.generation.logprob for m in members)
+        return (members[0].df is None or len(members[0].df) > 0, len(members), best)
+    members = max(groups.values(), key=rank)
+    return max(members, key=lambda m: m.generation.logprob), len(members)
+
+
+def _result_key(o: _Outcome):
+    if o.df is None:
+        return ("sql", o.sql)
+    rows = [tuple(_plain(v) for v in r) for r in o.df.itertuples(index=False, name=None)]
+    ordered = " order by " in (o.sql or "").lower()
+    return ("rows", len(o.df.columns), tuple(rows) if ordered else tuple(sorted(rows, key=repr)))
+
+
+def _plain(v):
+    if isinstance(v, float):
+        return round(v, 6)
+    return v if isinstance(v, (int, str, type(None))) else str(v)
+
+
+def _seed(question: str) -> int:
+    """A seed from the question's text: the same question gets the same candidates."""
+    return int.from_bytes(hashlib.sha256(question.encode()).digest()[:4], "little")
 
 
 def check_question(question, settings: Settings) -> str:

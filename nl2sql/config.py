@@ -50,6 +50,13 @@ class Settings:
         2, "When the SQL fails validation or execution, decode again up to this many times, branching at the "
         "least certain token of the failing part (nl2sql/repair.py). 0 = answer with the first attempt.")
     constrained: bool = setting(True, "Constrain decoding with the per-schema SQL grammar (outlines + llguidance).")
+    bind_columns: bool = setting(
+        True, "While decoding, keep every column bound to a table in scope (nl2sql/binding.py): a wrong-table column "
+        "is turned down, or the decoder backtracks to the FROM source that lacks it. Needs NL2SQL_CONSTRAINED.")
+    candidates: int = setting(
+        4, "SQL candidates decoded together for each question (one batch over the shared schema cache); the valid "
+        "ones run under the guard and the result most of them agree on is the answer. 1 = greedy only.")
+    temperature: float = setting(1.0, "Sampling temperature of the candidates after the first (the first is greedy).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")
     max_sql_chars: int = setting(20000, "Longest SQL statement accepted by the guarded executor, in characters.")

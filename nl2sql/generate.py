@@ -43,6 +43,9 @@ class Generation:
     ids: list = field(default_factory=list)
     margins: list = field(default_factory=list)
     runners_up: list = field(default_factory=list)
+    logprob: float = 0.0            # sum of the chosen tokens' log-probabilities (under the grammar's mask)
+    backtracks: int = 0             # times the binder sent this candidate back (nl2sql/binding.py)
+    error: str | None = None        # the grammar stopped or the token budget ran out: no answer, not a cut one
 
 
 class SqlGenerator:
@@ -85,22 +88,40 @@ class SqlGenerator:
             self._prefix_cache[prefix_ids] = out.past_key_values
         return copy.deepcopy(self._prefix_cache[prefix_ids])
 
+    # --- the public protocol (what a scripted test model or another backend also provides) -----------
+    @property
+    def model_name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def adapter_name(self) -> str | None:
+        return self.loaded.adapter_version or self.loaded.adapter
+
+    def decode(self, ids) -> str:
+        return self.loaded.tokenizer.decode(list(ids), skip_special_tokens=True)
+
     def generate(self, prompt: str, grammar: str | None, max_new_tokens: int, prefix: str | None = None,
-                 forced: tuple = ()) -> Generation:
-        """Greedy decoding of one SQL statement. `prefix` is the part of `prompt` shared across questions;
-        `forced` token ids are emitted first (a repair branch), each still checked by the grammar."""
+                 forced: tuple = (), binder=None) -> Generation:
+        """Greedy decoding of one SQL statement. `forced` token ids are emitted first (a repair branch), each
+        still checked by the grammar."""
+        return self.candidates(prompt, grammar, max_new_tokens, prefix=prefix, forced=forced, binder=binder)[0]
+
+    def candidates(self, prompt: str, grammar: str | None, max_new_tokens: int, *, prefix: str | None = None,
+                   n: int = 1, binder=None, seed: int = 0, temperature: float = 0.7,
+                   forced: tuple = ()) -> list[Generation]:
+        """N SQL statements decoded together, one batch row each, over one copy of the prompt's KV cache.
+
+        Row 0 is greedy; the others sample (Gumbel top-k at `temperature`, seeded: the same question gives the
+        same candidates). `prefix` is the part of `prompt` shared across questions (its cache is reused).
+        `binder` (nl2sql/binding.py) vets each candidate token for scope; when it blames an earlier construct
+        the row backtracks there (its cache positions masked out) and bans the token it had chosen.
+        """
         import torch
-        from outlines.backends.llguidance import LLGuidanceLogitsProcessor
         tok = self.loaded.tokenizer
-        processor = None
-        if grammar is not None:
-            processor = LLGuidanceLogitsProcessor(self._grammar_spec(grammar), self.backend.llg_tokenizer,
-                                                  self.model.tensor_library_name)
         with self._lock, torch.inference_mode():
             t0 = time.perf_counter()
             ids = tok(prompt, add_special_tokens=True)["input_ids"]
-            # reuse the schema's cache only when the prompt tokenizes to exactly that prefix + the rest
-            n_prefix = 0
+            n_prefix = 0  # reuse the schema's cache only when the prompt tokenizes to exactly that prefix + the rest
             if prefix:
                 p_ids = tok(prefix, add_special_tokens=True)["input_ids"]
                 if ids[: len(p_ids)] == p_ids and len(p_ids) < len(ids):
@@ -108,50 +129,148 @@ class SqlGenerator:
             cache = self._prefix(tuple(ids[:n_prefix])) if n_prefix else None
             vocab = self._vocab_for(prompt, ids, prefix)  # None: the whole output layer
             head = self.lm_head if vocab is None else self.lm_head[vocab]
-            seq = torch.tensor([ids], device=self.loaded.device)
-            generated, margins, runners_up = [], [], []
-            for t in forced:  # the grammar sees each forced token as if it had been generated
-                if processor:
-                    allowed = processor.process_logits(seq, torch.zeros((1, self.lm_head.shape[0])))
-                    if not torch.isfinite(allowed[0, t]):
-                        raise ModelError("A repair branch left the SQL grammar.", hint="Report this question.")
-                generated.append(int(t))
-                margins.append(float("inf"))
-                runners_up.append(-1)
-                seq = torch.cat([seq, torch.tensor([[int(t)]], device=self.loaded.device)], dim=1)
-            step_in = seq[:, n_prefix:]  # the question (and forced tokens) in one pass after the cached schema
-            for _ in range(max_new_tokens - len(generated)):
-                # 1. run the new tokens through the model, extending the KV cache
-                out = self.inner(input_ids=step_in, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
-                h = out.last_hidden_state[:, -1]
-                # 2. logits (over the SQL vocabulary only, when one is in use, scattered into a full-size row)
-                logits = (h @ head.T).float()
-                if vocab is not None:
-                    row = torch.full((1, self.lm_head.shape[0]), float("-inf"), device=self.loaded.device)
-                    row[0, vocab] = logits[0]
-                    logits = row
-                # 3. the grammar masks what cannot continue valid SQL
-                if processor:
-                    logits = processor.process_logits(seq, logits)
-                if vocab is not None and not torch.isfinite(logits).any():  # nothing allowed in it: use all
-                    logits = (h @ self.lm_head.T).float()
-                    if processor:  # the same step's mask, already computed by process_logits above
-                        import llguidance.torch
-                        llguidance.torch.apply_token_bitmask_inplace(logits[0], processor.bitmask[0])
-                top = torch.topk(logits[0], 2)
-                nxt = int(top.indices[0])
-                if nxt == tok.eos_token_id:
+            device = self.loaded.device
+            out = self.inner(input_ids=torch.tensor([ids[n_prefix:]], device=device), past_key_values=cache,
+                             use_cache=True)
+            cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+                h = h.expand(n, -1).clone()
+            spec = self._grammar_spec(grammar) if grammar is not None else None
+            rows = [_Row(self._matcher(spec) if spec is not None else None, binder, i == 0 or temperature <= 0)
+                    for i in range(n)]
+            attn = torch.ones((n, len(ids)), dtype=torch.long, device=device)
+            rng = torch.Generator().manual_seed(seed)
+            bitmask = None
+            if spec is not None:
+                import llguidance.torch
+                bitmask = llguidance.torch.allocate_token_bitmask(n, self.backend.llg_tokenizer.vocab_size)
+            for _ in range(2 * max_new_tokens + 8 * _MAX_BACKTRACKS):
+                if all(r.done for r in rows):
                     break
-                gap = float(top.values[0] - top.values[1])
-                generated.append(nxt)
-                margins.append(gap if gap == gap else float("inf"))  # nan (-inf - -inf): no runner-up
-                runners_up.append(int(top.indices[1]) if torch.isfinite(top.values[1]) else -1)
-                step_in = torch.tensor([[nxt]], device=self.loaded.device)
-                seq = torch.cat([seq, step_in], dim=1)
-            text = tok.decode(generated, skip_special_tokens=True).strip()
-            return Generation(text, len(generated), time.perf_counter() - t0, processor is not None,
-                              generated, margins, runners_up)
+                logits = self._logits(h, head, vocab)
+                feed = torch.zeros((n, 1), dtype=torch.long, device=device)
+                fed = torch.zeros((n, 1), dtype=torch.long, device=device)
+                for i, r in enumerate(rows):
+                    if r.done:
+                        continue
+                    r.hist.append(h[i].clone())
+                    if len(r.ids) < len(forced):
+                        t = int(forced[len(r.ids)])
+                        if not r.accept(t, float("inf"), -1, 0.0, self._piece(t)):
+                            r.fail("A repair branch left the SQL grammar.")
+                            continue
+                    else:
+                        t = self._step(r, i, logits[i], h[i], bitmask, rng, temperature, len(forced), tok)
+                    if t is None:
+                        continue   # backtracked, failed or stopped: nothing to feed this step
+                    if len(r.ids) >= max_new_tokens:
+                        r.fail(f"The SQL was cut off at {max_new_tokens} tokens.")
+                        continue
+                    feed[i, 0], fed[i, 0] = t, 1
+                    r.cache_pos.append(attn.shape[1])
+                if all(r.done for r in rows):
+                    break
+                attn = torch.cat([attn, fed], dim=1)
+                # a row's next position counts only its own kept tokens (masked holes do not advance it)
+                pos = torch.tensor([[len(ids) + len(r.ids) - 1] for r in rows], device=device)
+                out = self.inner(input_ids=feed, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                                 use_cache=True)
+                cache, h_new = out.past_key_values, out.last_hidden_state[:, -1]
+                for i, r in enumerate(rows):
+                    if fed[i, 0]:
+                        h[i] = h_new[i]
+                    elif r.restore is not None:      # backtracked: continue from the hidden state kept there
+                        h[i] = r.restore
+                        attn[i, r.holes] = 0
+                        r.restore, r.holes = None, []
+            seconds = time.perf_counter() - t0
+            return [r.result(self.decode, seconds, spec is not None) for r in rows]
+
+    def _step(self, r, i, row_logits, h_i, bitmask, rng, temperature, n_forced, tok):
+        """Choose row r's next token; returns it, or None when the row backtracked, stopped or failed."""
+        import torch
+        scores = row_logits.clone()
+        if r.matcher is not None:
+            import llguidance.torch
+            llguidance.torch.fill_next_token_bitmask(r.matcher, bitmask, i)
+            if r.matcher.is_error():
+                r.fail(f"The SQL grammar stopped: {r.matcher.get_error()[:200]}")
+                return None
+            _apply_mask(scores, bitmask[i])
+        for t in r.bans.get(len(r.ids), ()):
+            scores[t] = float("-inf")
+        if not torch.isfinite(scores).any() and self._base_vocab is not None:  # nothing allowed in the SQL vocabulary
+            scores = (h_i @ self.lm_head.T).float()
+            if r.matcher is not None:
+                _apply_mask(scores, bitmask[i])
+            for t in r.bans.get(len(r.ids), ()):
+                scores[t] = float("-inf")
+        if not torch.isfinite(scores).any():
+            r.fail("The SQL grammar allows no next token here.")
+            return None
+        logp = torch.log_softmax(scores, dim=-1)
+        top2 = torch.topk(scores, 2)
+        gap = float(top2.values[0] - top2.values[1])
+        runner_up = int(top2.indices[1]) if torch.isfinite(top2.values[1]) else -1
+        if r.greedy:
+            order = torch.topk(scores, _CANDIDATES_PER_STEP).indices
+        else:
+            u = torch.rand(scores.shape, generator=rng).clamp_(1e-10, 1.0)
+            order = torch.topk(scores / temperature - torch.log(-torch.log(u)), _CANDIDATES_PER_STEP).indices
+        eos = tok.eos_token_id
+        for t in (int(x) for x in order):
+            if not torch.isfinite(scores[t]):
+                break
+            piece = "" if t == eos else self._piece(t)
+            verdict = None
+            if r.binder is not None and r.backtracks <= _MAX_BACKTRACKS:
+                verdict = r.binder.check(r.text + piece, final=(t == eos))
+            if verdict is not None and verdict >= len(r.text):
+                continue              # this token itself breaks a binding: try the next one
+            if verdict is not None and r.backtrack(verdict, n_forced):
+                return None
+            if t == eos:
+                r.done = True
+                return None
+            if not r.accept(t, gap if gap == gap else float("inf"), runner_up, float(logp[t]), piece):
+                r.fail(f"The SQL grammar refused a token: {r.matcher.get_error()[:200]}")
+                return None
+            return t
+        # every candidate was refused by the binder: give up binding for this row, keep the grammar's best
+        r.binder = None
+        t = int(order[0])
+        if t == eos:
+            r.done = True
+            return None
+        piece = self._piece(t)
+        if not r.accept(t, gap if gap == gap else float("inf"), runner_up, float(logp[t]), piece):
+            r.fail("The SQL grammar refused a token.")
+            return None
+        return t
+
+    def _logits(self, h, head, vocab):
+        import torch
+        logits = (h @ head.T).float()
+        if vocab is None:
+            return logits
+        full = torch.full((h.shape[0], self.lm_head.shape[0]), float("-inf"), device=h.device)
+        full[:, vocab] = logits
+        return full
+
+    def _matcher(self, spec):
+        import llguidance
+        return llguidance.LLMatcher(self.backend.llg_tokenizer, spec)
+
+    @functools.lru_cache(maxsize=None)
+    def _piece(self, t: int) -> str:
+        """The text one token adds (SentencePiece marks a leading space with U+2581)."""
+        piece = self.loaded.tokenizer.convert_ids_to_tokens(int(t))
+        if piece is None:
+            return ""
+        if piece.startswith("<0x") and piece.endswith(">"):
+            return ""  # a byte of a multi-byte character: no ASCII SQL syntax in it
+        return piece.replace("\u2581", " ")
 
     def _vocab_for(self, prompt: str, prompt_ids, prefix: str | None):
         import torch
@@ -174,6 +293,103 @@ class SqlGenerator:
             return frozenset()
         enc = self.loaded.tokenizer(variants, add_special_tokens=False)["input_ids"]
         return frozenset(t for seq in enc for t in seq)
+
+
+_MAX_BACKTRACKS = 6        # per row; past that the row decodes under the grammar alone
+_CANDIDATES_PER_STEP = 12  # tokens the binder may turn down at one step before it gives up on the row
+
+
+def _apply_mask(scores, bitmask_row) -> None:
+    """-inf where llguidance's bitmask (32 tokens per int32) forbids a token."""
+    import llguidance.torch
+    width = bitmask_row.shape[0] * 32
+    if scores.shape[0] > width:
+        scores[width:] = float("-inf")
+    llguidance.torch.apply_token_bitmask_inplace(scores[: min(width, scores.shape[0])], bitmask_row)
+
+
+class _Row:
+    """One candidate being decoded: its tokens, text, grammar matcher, binder and backtracking state."""
+
+    def __init__(self, matcher, binder, greedy: bool):
+        self.matcher, self.binder, self.greedy = matcher, binder, greedy
+        self.ids, self.margins, self.runners_up, self.logps, self.starts = [], [], [], [], []
+        self.hist, self.cache_pos, self.holes = [], [], []
+        self.bans: dict[int, set] = {}
+        self.text = ""
+        self.done = False
+        self.error: str | None = None
+        self.backtracks = 0
+        self.restore = None
+
+    def accept(self, t: int, margin: float, runner_up: int, logp: float, piece: str) -> bool:
+        if self.matcher is not None and not self.matcher.consume_token(t):
+            return False
+        self.ids.append(t)
+        self.margins.append(margin)
+        self.runners_up.append(runner_up)
+        self.logps.append(logp)
+        self.starts.append(len(self.text))
+        self.text += piece
+        return True
+
+    def backtrack(self, offset: int, n_forced: int) -> bool:
+        """Drop the tokens from the one that holds `offset` on, and ban that token at its position."""
+        j = max((k for k, start in enumerate(self.starts) if start <= offset), default=0)
+        if j < n_forced or not self.ids:
+            self.binder = None   # never undo a forced (repair) prefix: decode on without binding
+            return False
+        drop = len(self.ids) - j
+        if self.matcher is not None:
+            self.matcher.rollback(drop)
+        self.bans = {k: v for k, v in self.bans.items() if k < j}
+        self.bans.setdefault(j, set()).add(self.ids[j])
+        self.holes = self.cache_pos[j:]
+        self.restore = self.hist[j]
+        self.text = self.text[: self.starts[j]]
+        for lst in (self.ids, self.margins, self.runners_up, self.logps, self.starts, self.cache_pos):
+            del lst[j:]
+        del self.hist[j + 1:]
+        self.hist.pop()          # hist[j] is appended again when position j is decoded next
+        self.backtracks += 1
+        return True
+
+    def fail(self, message: str) -> None:
+        self.error, self.done = message, True
+
+    def result(self, decode, seconds: float, constrained: bool) -> Generation:
+        text = decode(self.ids).strip()
+        return Generation(text, len(self.ids), seconds, constrained, list(self.ids), list(self.margins),
+                          list(self.runners_up), logprob=sum(self.logps), backtracks=self.backtracks,
+                          error=self.error)
+
+
+class ScriptedGenerator:
+    """A stand-in for the model that answers with queued SQL strings, in order (one per decoding), and
+    records the prompts and grammars it was given: `Pipeline(settings, generator=ScriptedGenerator([...]))`
+    tests everything around the model without loading one."""
+
+    model_name = "scripted"
+    adapter_name = None
+
+    def __init__(self, outputs):
+        self.outputs = list(outputs)
+        self.prompts: list[str] = []
+        self.grammars: list = []
+
+    def decode(self, ids) -> str:
+        return "".join(chr(i) for i in ids)
+
+    def generate(self, prompt, grammar, max_new_tokens, prefix=None, forced=(), binder=None) -> Generation:
+        self.prompts.append(prompt)
+        self.grammars.append(grammar)
+        text = self.outputs.pop(0)
+        n = len(text)  # one "token" per character; no runner-ups, so repair has nothing to branch on
+        return Generation(text, n, 0.0, grammar is not None, [ord(c) for c in text], [float("inf")] * n, [-1] * n)
+
+    def candidates(self, prompt, grammar, max_new_tokens, *, prefix=None, n=1, binder=None, seed=0,
+                   temperature=0.7, forced=()) -> list[Generation]:
+        return [self.generate(prompt, grammar, max_new_tokens, prefix=prefix, forced=forced, binder=binder)]
 
 
 def _load_sql_vocab(tokenizer) -> list[int] | None:

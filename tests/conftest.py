@@ -115,21 +115,7 @@ def any_db(request):
             "mariadb": lambda: request.getfixturevalue("mariadb_url")}[request.param]()
 
 
-class FakeGenerator:
-    """Scripted stand-in for the model: returns the queued SQL strings in order, records prompts."""
-
-    def __init__(self, outputs):
-        from nl2sql.model import LoadedModel
-        self.outputs = list(outputs)
-        self.prompts = []
-        self.grammars = []
-        self.loaded = LoadedModel(None, None, "fake", None, "fake-adapter", "cpu")
-
-    def generate(self, prompt, grammar, max_new_tokens, prefix=None, forced=()):
-        from nl2sql.generate import Generation
-        self.prompts.append(prompt)
-        self.grammars.append(grammar)
-        return Generation(self.outputs.pop(0), 5, 0.0, grammar is not None)
+from nl2sql.generate import ScriptedGenerator as FakeGenerator  # noqa: E402  (tests/safety imports it from here)
 
 
 @pytest.fixture
@@ -137,9 +123,7 @@ def fake_pipeline(settings):
     from nl2sql.api import Pipeline
 
     def make(*outputs):
-        p = Pipeline(settings)
-        p._generator = FakeGenerator(outputs)
-        return p
+        return Pipeline(settings, generator=FakeGenerator(outputs))
     return make
 
 

@@ -16,7 +16,7 @@ def test_ask_on_every_engine(any_db, fake_pipeline):
     assert a.error is None, a.error
     assert a.df.iloc[0, 0] == "France" and int(a.df.iloc[0, 1]) == 4
     assert set(a.timings) >= {"schema", "generate", "validate", "execute", "total"}
-    assert a.model == "fake"
+    assert a.model == "scripted"
     prompt = pipe.generator.prompts[0]
     assert "singer(" in prompt.replace('"', "") and prompt.endswith("-- SQL:\n")
     assert "singer" in pipe.generator.grammars[0]  # constrained by a grammar built for this schema
@@ -61,8 +61,7 @@ def test_schema_too_wide_for_the_prompt(tmp_path, fake_pipeline, settings):
     con.close()
     from nl2sql.api import Pipeline
     from conftest import FakeGenerator
-    pipe = Pipeline(settings.replace(max_prompt_columns=300))
-    pipe._generator = FakeGenerator(["SELECT c1 FROM t"])
+    pipe = Pipeline(settings.replace(max_prompt_columns=300), generator=FakeGenerator(["SELECT c1 FROM t"]))
     with pytest.raises(SchemaError, match="500 columns"):
         pipe.ask("What is in c1?", str(wide))
 

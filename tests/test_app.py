@@ -50,10 +50,10 @@ def test_ask_shows_sql_table_chart_timings_and_logs_it(app):
     spec = chart_spec(at)
     assert spec["mark"]["type"] == "bar" and spec["encoding"]["x"]["field"] == "region"
     captions = " ".join(c.value for c in at.caption)
-    assert "generate" in captions and "total" in captions and "model fake" in captions and "5 rows" in captions
+    assert "generate" in captions and "total" in captions and "model scripted" in captions and "5 rows" in captions
     [e] = log.entries()
     assert (e["question"], e["sql"], e["db"], e["executed"], e["model"], e["adapter"]) == (
-        "How many stores are in each region?", BY_REGION, "demo", 1, "fake", "fake-adapter")
+        "How many stores are in each region?", BY_REGION, "demo", 1, "scripted", None)
     assert e["latency"] > 0 and e["dialect"] == "duckdb" and e["rating"] is None
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nl2sql.generate import Generation
+from nl2sql.generate import Generation, ScriptedGenerator
 from nl2sql.repair import blamed_name, next_branch
 
 WRONG = "SELECT T1.Name FROM concert AS T1 JOIN singer AS T2 ON T1.concert_ID = T2.Singer_ID"
@@ -47,15 +47,14 @@ def test_blamed_name(message, name):
     assert blamed_name(message) == name
 
 
-class BranchingModel:
+class BranchingModel(ScriptedGenerator):
     """First call: WRONG; a call with forced ids continues them into RIGHT's remainder (as a model would)."""
 
     def __init__(self):
-        from nl2sql.model import LoadedModel
-        self.loaded = LoadedModel(None, type("Tok", (), {"decode": staticmethod(decode)})(), "fake", None, "fake", "cpu")
+        super().__init__([])
         self.calls = []
 
-    def generate(self, prompt, grammar, max_new_tokens, prefix=None, forced=()):
+    def generate(self, prompt, grammar, max_new_tokens, prefix=None, forced=(), binder=None):
         self.calls.append(decode(forced))
         if not forced:
             return generation(WRONG, {WRONG.index("T1.Name") + 1: (0.3, "2")})
@@ -65,16 +64,14 @@ class BranchingModel:
 
 def _pipeline(settings, attempts):
     from nl2sql.api import Pipeline
-    p = Pipeline(settings.replace(repair_attempts=attempts))
-    p._generator = BranchingModel()
-    return p
+    return Pipeline(settings.replace(repair_attempts=attempts), generator=BranchingModel())
 
 
 def test_ask_repairs_a_wrong_table_column(settings, sqlite_db):
     p = _pipeline(settings, 2)
     a = p.ask("Name the singers", str(sqlite_db))
     assert a.ok and a.attempts == 2 and a.sql.startswith("SELECT T2.Name")
-    assert p._generator.calls == ["", "SELECT T2"]
+    assert p.generator.calls == ["", "SELECT T2"]
     assert len(a.df) > 0
 
 
