@@ -581,7 +581,9 @@ def format_hints(hints, *, max_chars: int = MAX_VALUE_CHARS) -> str:
     from .prompt import quote_name
     parts = []
     for h in hints:
-        value = _CONTROL.sub(" ", str(h.value)).strip()
+        # The database's own spelling, spaces included ('Aberdeen ' = 'Aberdeen' is false); only control
+        # characters, which could break out of the comment line, are replaced.
+        value = _CONTROL.sub(" ", str(h.value))
         if len(value) > max_chars:
             value = value[: max_chars - 1] + "…"
         literal = "'" + value.replace("'", "''") + "'"
