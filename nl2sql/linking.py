@@ -287,6 +287,7 @@ class SchemaIndex:
         path_only: list[int] = []
         ranked_kept = 0
         budget = max(1, max_prompt_columns)
+        wide_table_columns = max(1, min(wide_table_columns, budget))  # even the best table alone must fit
         used = 0
         for i in order:
             if ranked_kept >= max(1, max_tables) or (ranked_kept >= MIN_TABLES and scores[i] < _MATCHED):

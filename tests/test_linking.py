@@ -211,3 +211,12 @@ def test_disk_cache_is_reused_and_rebuilt_when_the_schema_changes(settings, tmp_
     assert SchemaIndex.build(schema, settings).prune("t_0003", max_tables=1).tables == ["t_0003"]
     assert json.loads(path.read_text())["version"] == linking.INDEX_VERSION
     assert not list((tmp_path / "linking").glob(".tmp-*"))  # atomic writes leave no temporary files
+
+
+def test_a_budget_smaller_than_the_best_table_narrows_it():
+    wide = Table("events", (Column("event_id", "INTEGER", True),) + tuple(Column(f"m{j}", "DOUBLE") for j in range(30))
+                 + (Column("revenue", "DOUBLE"),))
+    schema = Schema("w", "duckdb", (wide,) + tuple(Table(f"misc_{i}", (Column("id", "INTEGER", True),)) for i in range(20)))
+    linked = SchemaIndex.build(schema).prune("revenue of events", max_prompt_columns=5)
+    assert linked.tables[0] == "events" and linked.schema.column_count <= 5
+    assert {"event_id", "revenue"} <= {c.name for c in linked.schema.table("events").columns}
