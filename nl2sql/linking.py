@@ -7,9 +7,11 @@ column (its name, its table's name, type, comment, sample values), plus the fore
     BM25(table doc) + COLUMN_WEIGHT * best BM25(column doc) + MENTION_BONUS if the question names the table
     + NEIGHBOUR_WEIGHT * best score of an FK neighbour (a junction table rises with the tables it joins)
 
-keeps the `max_tables` best, adds the shortest foreign-key path (undirected) that joins each to the ones kept
-before it, and returns a `Linked` whose `schema` is a `Schema` with only those tables. Very wide tables keep
-their key columns plus the best-matching others. Schemas up to `PASSTHROUGH_TABLES` tables and
+(names split into singular words; long words also match by prefix), keeps the `max_tables` best (tables that
+match no word only up to `MIN_TABLES`, so the result is never empty), adds the shortest foreign-key path
+(undirected) that joins each to the ones kept before it and any table FK-joined to two kept ones (a
+many-to-many bridge), within `max_prompt_columns`, and returns a `Linked` whose `schema` is a `Schema` with only
+those tables. Very wide tables keep their key columns plus the best-matching others. Schemas up to `PASSTHROUGH_TABLES` tables and
 `PASSTHROUGH_COLUMNS` columns pass through whole: the model was trained on whole Spider schemas, and pruning
 them would only risk dropping a table it needs. `widen` adds back the tables holding names the model used
 outside the subset (called once, when validation names one).
