@@ -36,6 +36,7 @@ from rapidfuzz import fuzz, process
 # stays small in memory (about 100k values for 20 text columns).
 PER_COLUMN = 5000          # most distinct values read per column
 MAX_VALUE_CHARS = 60       # longer values (descriptions, addresses) are skipped: rarely compared with '='
+MAX_VALUES = 200_000       # most values in one index (about 3 s to prepare on one core); later columns are skipped
 BUILD_BUDGET_S = 5.0       # wall-clock budget of one build; columns not reached by then are left for later
 # Matching thresholds, tuned on Spider *train* questions (benchmarks/value_linking.py --tune).
 MIN_SCORE = 85.0           # a hint needs at least this score (0-100)
@@ -277,7 +278,8 @@ class ValueIndex:
     # --- building from a live database ---
     @classmethod
     def build(cls, warehouse, schema, settings, *, budget_s: float = BUILD_BUDGET_S, per_column: int = PER_COLUMN,
-              max_value_chars: int = MAX_VALUE_CHARS, use_cache: bool = True, resume: bool = False) -> "ValueIndex":
+              max_value_chars: int = MAX_VALUE_CHARS, max_values: int = MAX_VALUES, use_cache: bool = True,
+              resume: bool = False) -> "ValueIndex":
         """The value index of `warehouse`, from memory, the disk cache, or the database.
 
         Reads `SELECT DISTINCT col ... LIMIT per_column+1` for each text column through the guarded executor,
@@ -286,7 +288,7 @@ class ValueIndex:
         within a new budget; one already in memory is returned as it is unless `resume=True`, so that calling
         build() for every question costs at most one budget per process.
         """
-        key = _cache_key(warehouse.display_name, schema.fingerprint(), per_column, max_value_chars)
+        key = _cache_key(warehouse.display_name, schema.fingerprint(), per_column, max_value_chars, max_values)
         path = Path(settings.cache_dir) / "values" / f"{key}.json"
         cached = None
         if use_cache:
@@ -310,10 +312,14 @@ class ValueIndex:
             values, capped, failed = {}, set(), []
             todo = text_columns(schema)
         unvisited = []
+        total = sum(len(v) for v in values.values())
         for table, column in todo:
             remaining = budget_s - (time.perf_counter() - t0)
             if remaining <= 0:
                 unvisited.append((table, column))
+                continue
+            if total >= max_values:  # the in-memory structures grow with the values: bound them too
+                failed.append((table, column, f"not read: the index already holds {max_values:,} values"))
                 continue
             try:
                 vals, was_capped = _read_column(warehouse, settings, table, column, per_column, max_value_chars,
@@ -323,6 +329,7 @@ class ValueIndex:
                 continue
             if vals:
                 values[(table, column)] = vals
+                total += len(vals)
             if was_capped:
                 capped.add((table, column))
         index = cls(warehouse.display_name, schema.fingerprint(), values, frozenset(capped), tuple(unvisited),
@@ -396,8 +403,8 @@ def _read_column(warehouse, settings, table, column, per_column, max_chars, *, t
     return out[:per_column], len(out) > per_column
 
 
-def _cache_key(database: str, fingerprint: str, per_column: int, max_chars: int) -> str:
-    raw = json.dumps([CACHE_VERSION, database, fingerprint, per_column, max_chars])
+def _cache_key(database: str, fingerprint: str, per_column: int, max_chars: int, max_values: int) -> str:
+    raw = json.dumps([CACHE_VERSION, database, fingerprint, per_column, max_chars, max_values])
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 

@@ -364,3 +364,15 @@ def test_a_value_that_is_also_a_schema_word_needs_an_exact_match():
     assert [h.value for h in link_values("How many members are a student?", index)] == ["Student"]
     assert [h.value for h in link_values("Which members are a teacher?", index)] == ["Teachers"]
     assert ValueIndex.from_json(json.loads(json.dumps(index.to_json()))).schema_words == index.schema_words
+
+
+def test_total_value_cap_skips_later_columns(value_db, fresh_settings):
+    wh, schema = _open(value_db, "sqlite", fresh_settings)
+    try:
+        index = ValueIndex.build(wh, schema, fresh_settings, max_values=5000, use_cache=False)
+    finally:
+        wh.close()
+    # tables in name order: big (5,000 values, capped) fills the index; the later columns are recorded, not read
+    assert index.value_count == 5000 and not index.partial
+    assert {f[:2] for f in index.failed} == set(text_columns(schema)) - {("big", "code")}
+    assert all("5,000 values" in f[2] for f in index.failed)
