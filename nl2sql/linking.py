@@ -61,6 +61,7 @@ MENTION_BONUS = 3.0
 NEIGHBOUR_WEIGHT = 0.3
 K1, B = 1.2, 0.75
 BRIDGES = True  # also keep tables that join two kept tables
+MAX_PATH_TABLES = 3  # a ranked table whose FK path to the kept ones needs more tables than this is left out
 PREFIX_CHARS = 5  # words this long or longer also match by their first letters ('professor' ~ 'profession')
 
 _STOPWORDS = frozenset("""
@@ -298,12 +299,12 @@ class SchemaIndex:
                 ranked_kept += 1  # already there as a path table: now it counts as ranked
                 path_only.remove(i)
                 continue
-            new = self._path_to(i, kept) if kept else [i]
+            new = self._path_to(i, kept, MAX_PATH_TABLES) if kept else [i]
+            if new is None:  # joined to the kept tables only by a long path: a look-alike more than a partner
+                continue
             cost = sum(self._width(j, wide_table_columns) for j in new)
             if kept and used + cost > budget:
-                new, cost = [i], self._width(i, wide_table_columns)  # no room for the path: the table alone
-                if used + cost > budget:
-                    continue
+                continue  # (kept alone, without its path, it would break the subset's FK connectivity)
             kept.extend(new)
             path_only.extend(j for j in new if j != i)
             used += cost
@@ -356,8 +357,9 @@ class SchemaIndex:
         n = len(self.schema.tables[i].columns)
         return n if n <= wide else max(wide, len(self._key_columns[i]))
 
-    def _path_to(self, start: int, kept: list[int]) -> list[int]:
-        """`start` and the tables on the shortest FK path from it to any kept table (BFS, deterministic)."""
+    def _path_to(self, start: int, kept: list[int], max_between: int | None = None) -> list[int] | None:
+        """`start` and the tables on the shortest FK path from it to any kept table (BFS, deterministic);
+        None when more than `max_between` tables lie between; [start] when no path exists."""
         targets = set(kept)
         prev = {start: None}
         queue = deque([start])
@@ -369,6 +371,8 @@ class SchemaIndex:
                 while node is not None:
                     path.append(node)
                     node = prev[node]
+                if max_between is not None and len(path) - 1 > max_between:
+                    return None
                 return path[::-1]  # from start to the table just before the kept one
             for nb in self._neighbours[node]:
                 if nb not in prev:

@@ -125,6 +125,11 @@ def test_synthetic_wide_schema_with_cryptic_names():
     assert_well_formed(schema, linked)
     linked = index.prune("Join t_0001 with t_0300", max_tables=2)  # different chains: no path to add
     assert linked.tables == ["t_0001", "t_0300"] and not linked.path_tables
+    # 19 tables apart on one chain: the second is left out rather than pulling in the whole chain
+    linked = index.prune("Join t_0010 with t_0030", max_tables=2)
+    assert linked.tables[0] in ("t_0010", "t_0030") and not {"t_0010", "t_0030"} <= set(linked.tables)
+    assert len(linked.tables) <= 2 + linking.MAX_PATH_TABLES
+    assert_well_formed(schema, linked)
 
 
 def test_a_question_naming_no_table_still_gets_the_best_few():
