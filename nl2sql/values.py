@@ -368,9 +368,10 @@ def _singular(word: str) -> str:
 
 
 def text_columns(schema) -> list[tuple[str, str]]:
-    """(table, column) of every column whose values are text: by type name, or untyped (SQLite)."""
+    """(table, column) of every column whose values are text: by type name, or untyped (SQLite; SQLAlchemy
+    reports those as NULL)."""
     return [(t.name, c.name) for t in schema.tables for c in t.columns
-            if c.type == "" or any(k in c.type.upper() for k in _TEXT_TYPES)]
+            if c.type in ("", "NULL") or any(k in c.type.upper() for k in _TEXT_TYPES)]
 
 
 def column_query(table: str, column: str, dialect: str, *, per_column: int = PER_COLUMN,
@@ -395,11 +396,9 @@ def _read_column(warehouse, settings, table, column, per_column, max_chars, *, t
     df = run_checked(warehouse, sql, limited).df
     out = []
     for v in df.iloc[:, 0].tolist() if len(df.columns) else []:
-        if v is None or isinstance(v, (bytes, bytearray, memoryview)):
-            continue
-        s = str(v)
-        if s.strip() and len(s) <= max_chars:
-            out.append(s)
+        # numbers in an untyped SQLite column are not text: a hint would quote them ('1970' is not 1970 there)
+        if isinstance(v, str) and v.strip() and len(v) <= max_chars:
+            out.append(v)
     return out[:per_column], len(out) > per_column
 
 

@@ -366,6 +366,21 @@ def test_a_value_that_is_also_a_schema_word_needs_an_exact_match():
     assert ValueIndex.from_json(json.loads(json.dumps(index.to_json()))).schema_words == index.schema_words
 
 
+def test_numbers_in_an_untyped_sqlite_column_are_not_text_values(tmp_path, fresh_settings):
+    p = tmp_path / "untyped.sqlite"
+    con = sqlite3.connect(p)
+    con.execute("CREATE TABLE t (x)")  # no type: SQLite keeps each value's own type
+    con.executemany("INSERT INTO t VALUES (?)", [(1970,), (2.5,), ("Paris",), (None,), (b"\x00blob",)])
+    con.commit()
+    con.close()
+    wh, schema = _open(lambda _: str(p), "sqlite", fresh_settings)
+    try:
+        index = ValueIndex.build(wh, schema, fresh_settings, use_cache=False)
+    finally:
+        wh.close()
+    assert text_columns(schema) == [("t", "x")] and index.values == {("t", "x"): ["Paris"]}
+
+
 def test_total_value_cap_skips_later_columns(value_db, fresh_settings):
     wh, schema = _open(value_db, "sqlite", fresh_settings)
     try:
