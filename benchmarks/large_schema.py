@@ -331,7 +331,8 @@ def questions(spider: Path, out: Path, db_ids: list[str]):
         p = ex["db_id"].lower() + "__"
         rows.append({"db_id": ex["db_id"], "question": ex["question"], "query": ex["query"], "big_query": big_sql,
                      "small_db": str(spider / "database" / ex["db_id"] / f"{ex['db_id']}.sqlite"),
-                     "gold_tables": sorted(p + t for t in gold_t), "gold_columns": sorted([p + a, b] for a, b in gold_c)})
+                     "gold_tables": sorted(p + t for t in gold_t),
+                     "gold_columns": sorted([p + a, b] for a, b in gold_c)})
     return rows
 
 
@@ -391,7 +392,8 @@ def main(argv=None):
         built["seconds"] = round(time.perf_counter() - t0, 2)
         meta_path.write_text(json.dumps({"format": FORMAT, "built": built, "questions": rows}, indent=1))
         print(f"built {args.out}: {built['tables']} tables in {built['seconds']} s; foreign keys declared "
-              f"{built['foreign_keys']}, left out {len(built['foreign_keys_left_out'])}: {built['foreign_keys_left_out']}")
+              f"{built['foreign_keys']}, left out {len(built['foreign_keys_left_out'])}: "
+              f"{built['foreign_keys_left_out']}")
     meta = json.loads(meta_path.read_text())
     rows = sample(meta["questions"], args.sample)
     report["built"] = {k: v for k, v in meta["built"].items() if k != "distractor_databases"}

@@ -7,14 +7,14 @@ column (its name, its table's name, type, comment, sample values), plus the fore
     BM25(table doc) + COLUMN_WEIGHT * best BM25(column doc) + MENTION_BONUS if the question names the table
     + NEIGHBOUR_WEIGHT * best score of an FK neighbour (a junction table rises with the tables it joins)
 
-(names split into singular words; long words also match by prefix), keeps the `max_tables` best (tables that
-match no word only up to `MIN_TABLES`, so the result is never empty), adds the shortest foreign-key path
-(undirected) that joins each to the ones kept before it and any table FK-joined to two kept ones (a
-many-to-many bridge), within `max_prompt_columns`, and returns a `Linked` whose `schema` is a `Schema` with only
-those tables. Very wide tables keep their key columns plus the best-matching others. Schemas up to `PASSTHROUGH_TABLES` tables and
-`PASSTHROUGH_COLUMNS` columns pass through whole: the model was trained on whole Spider schemas, and pruning
-them would only risk dropping a table it needs. `widen` adds back the tables holding names the model used
-outside the subset (called once, when validation names one).
+(names split into singular words; long words also match by prefix), keeps the `max_tables` best (tables that match
+no word only up to `MIN_TABLES`, so the result is never empty), adds the shortest foreign-key path (undirected) that
+joins each to the ones kept before it and any table FK-joined to two kept ones (a many-to-many bridge), within
+`max_prompt_columns`, and returns a `Linked` whose `schema` is a `Schema` with only those tables. Very wide tables
+keep their key columns plus the best-matching others. Schemas up to `PASSTHROUGH_TABLES` tables and
+`PASSTHROUGH_COLUMNS` columns pass through whole: the model was trained on whole Spider schemas, and pruning them
+would only risk dropping a table it needs. `outside_names` lists the names a query uses that the full schema has
+but the subset lacks, and `widen` adds back what holds them (called once, when validation fails on one).
 
 Indexes are cached in memory and on disk (JSON, under `<cache_dir>/linking/`, written atomically), keyed by a
 hash of everything they are built from, so a schema that changes between questions gets a new index.
@@ -321,34 +321,74 @@ class SchemaIndex:
                         used += cost
         return self._linked(kept, path_only, by_name, col_scores, question, wide_table_columns, budget)
 
+    def outside_names(self, sql: str, linked: Linked, dialect: str = "sqlite") -> list[str]:
+        """Tables and columns `sql` uses that the full schema has but `linked.schema` lacks: what `widen` needs
+        when validation against the subset fails. Unparsable SQL gives []."""
+        import sqlglot
+        from sqlglot import exp
+        try:
+            tree = sqlglot.parse_one(sql, read=dialect)
+        except Exception:
+            return []
+        if tree is None:
+            return []
+        kept = {t.name.lower(): t for t in linked.schema.tables}
+        kept_columns = {c.name.lower() for t in linked.schema.tables for c in t.columns}
+        all_columns = {c.name.lower() for t in self.schema.tables for c in t.columns}
+        ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+        out, aliases = [], {}
+        for t in tree.find_all(exp.Table):
+            low = t.name.lower()
+            if low in ctes:
+                continue
+            aliases[t.alias_or_name.lower()] = low
+            if low not in kept and low in self._by_lower and self._names[self._by_lower[low]] not in out:
+                out.append(self._names[self._by_lower[low]])
+        for c in tree.find_all(exp.Column):
+            col = c.name.lower()
+            owner = aliases.get(c.table.lower()) if c.table else None
+            if owner in kept:
+                missing = kept[owner].column(col) is None and self.schema.tables[self._by_lower[owner]].column(col)
+            else:
+                missing = not owner and col not in kept_columns and col in all_columns
+            if missing and c.name not in out:
+                out.append(c.name)
+        return out
+
     def widen(self, linked: Linked, names, *, max_tables_per_name: int = 2,
               wide_table_columns: int = WIDE_TABLE_COLUMNS) -> Linked:
-        """`linked` plus the tables that hold `names` (tables or columns the model used outside the subset),
-        each joined to the subset by its FK path. Unknown names are ignored."""
+        """`linked` plus what holds `names` (tables, `table.column` or bare columns the model used outside the
+        subset, e.g. from `outside_names`): missing tables join with their FK path, and columns a very wide
+        table was narrowed without come back. A bare column goes to the kept tables that have it, else to the
+        `max_tables_per_name` best-scoring tables that do. Unknown names are ignored."""
         if not linked.pruned:
             return linked
         scores = [linked.scores.get(n, 0.0) for n in self._names]
         kept = [self._by_lower[n.lower()] for n in linked.tables if n.lower() in self._by_lower]
         path_only = [self._by_lower[n.lower()] for n in linked.path_tables if n.lower() in self._by_lower]
+        force: dict[int, set[str]] = {}
         for raw in names:
-            name = str(raw).strip().strip('"`[]')
-            low = name.lower()
+            low = str(raw).strip().strip('"`[]').lower()
             table_part, _, col_part = low.rpartition(".")
             if low in self._by_lower:
                 hits = [self._by_lower[low]]
-            elif table_part and table_part in self._by_lower:
+            elif table_part in self._by_lower:
                 hits = [self._by_lower[table_part]]
+                force.setdefault(hits[0], set()).add(col_part)
             else:
-                col = col_part or low
-                holders = [i for i, t in enumerate(self.schema.tables) if any(c.name.lower() == col for c in t.columns)]
-                hits = sorted(holders, key=lambda i: (-scores[i], i))[:max_tables_per_name]
+                holders = [i for i, t in enumerate(self.schema.tables) if t.column(low) is not None]
+                hits = [i for i in holders if i in kept] or sorted(
+                    holders, key=lambda i: (-scores[i], i))[:max_tables_per_name]
+                for i in hits:
+                    force.setdefault(i, set()).add(low)
             for i in hits:
                 if i not in kept:
                     new = self._path_to(i, kept) if kept else [i]
                     kept.extend(new)
                     path_only.extend(j for j in new if j != i)
         _, col_scores = self.rank(linked.question)
-        out = self._linked(kept, path_only, linked.scores, col_scores, linked.question, wide_table_columns, None)
+        out = self._linked(kept, path_only, linked.scores, col_scores, linked.question, wide_table_columns, None,
+                           force)
         out.widened = True
         return out
 
@@ -380,12 +420,12 @@ class SchemaIndex:
                     queue.append(nb)
         return [start]  # not connected to anything kept
 
-    def _linked(self, kept, path_only, by_name, col_scores, question, wide, budget) -> Linked:
+    def _linked(self, kept, path_only, by_name, col_scores, question, wide, budget, force=None) -> Linked:
         tables = []
         for i in sorted(kept):  # schema order, as the model saw schemas in training
             t = self.schema.tables[i]
             if len(t.columns) > wide:
-                t = self._narrow(i, col_scores[i], wide)
+                t = self._narrow(i, col_scores[i], wide, (force or {}).get(i, ()))
             tables.append(t)
         kept_lower = {t.name.lower() for t in tables}  # FKs to tables left out would name unknown tables
         tables = [Table(t.name, t.columns, t.comment,
@@ -394,9 +434,10 @@ class SchemaIndex:
         return Linked(schema, [self._names[i] for i in kept], by_name, question=question,
                       path_tables=[self._names[i] for i in path_only])
 
-    def _narrow(self, i: int, col_scores: dict[int, float], wide: int) -> Table:
+    def _narrow(self, i: int, col_scores: dict[int, float], wide: int, force=()) -> Table:
         t = self.schema.tables[i]
-        keys = [ci for ci, c in enumerate(t.columns) if c.name.lower() in self._key_columns[i]]
+        keys = [ci for ci, c in enumerate(t.columns)
+                if c.name.lower() in self._key_columns[i] or c.name.lower() in force]
         rest = sorted((ci for ci in range(len(t.columns)) if ci not in keys),
                       key=lambda ci: (-col_scores.get(ci, 0.0), ci))
         chosen = set(keys) | set(rest[:max(0, wide - len(keys))])

@@ -221,7 +221,29 @@ def test_disk_cache_is_reused_and_rebuilt_when_the_schema_changes(settings, tmp_
 def test_a_budget_smaller_than_the_best_table_narrows_it():
     wide = Table("events", (Column("event_id", "INTEGER", True),) + tuple(Column(f"m{j}", "DOUBLE") for j in range(30))
                  + (Column("revenue", "DOUBLE"),))
-    schema = Schema("w", "duckdb", (wide,) + tuple(Table(f"misc_{i}", (Column("id", "INTEGER", True),)) for i in range(20)))
+    misc = tuple(Table(f"misc_{i}", (Column("id", "INTEGER", True),)) for i in range(20))
+    schema = Schema("w", "duckdb", (wide,) + misc)
     linked = SchemaIndex.build(schema).prune("revenue of events", max_prompt_columns=5)
     assert linked.tables[0] == "events" and linked.schema.column_count <= 5
     assert {"event_id", "revenue"} <= {c.name for c in linked.schema.table("events").columns}
+
+
+def test_outside_names_finds_what_the_model_used_beyond_the_subset():
+    schema = wide_schema()
+    index = SchemaIndex.build(schema)
+    linked = index.prune("col7 of t_0042", max_tables=1)
+    assert index.outside_names("SELECT col7 FROM t_0042", linked) == []
+    assert index.outside_names("SELECT a.col7 FROM t_0042 AS a JOIN t_0045 AS b ON a.id = b.col1", linked) == ["t_0045"]
+    assert index.outside_names("SELECT nosuch FROM t_0042", linked) == []  # not in the full schema either
+    assert index.outside_names("SELECT FROM WHERE (", linked) == []
+    wider = index.widen(linked, index.outside_names("SELECT * FROM t_0045", linked))
+    assert "t_0045" in wider.tables
+    # a column kept out of a very wide table is named, and widen leaves the table as it is (already kept)
+    wide = Table("events", (Column("event_id", "INTEGER", True),) + tuple(Column(f"m{j}", "DOUBLE") for j in range(60)))
+    s2 = Schema("w", "duckdb", (wide,) + tuple(Table(f"misc_{i}", (Column("id", "INTEGER", True),)) for i in range(20)))
+    i2 = SchemaIndex.build(s2)
+    l2 = i2.prune("m3 of events", max_tables=1)
+    assert i2.outside_names("SELECT m59 FROM events", l2) == ["m59"]
+    back = i2.widen(l2, ["m59"])
+    assert back.widened and back.schema.table("events").column("m59") is not None
+    assert i2.widen(l2, ["events.m58"]).schema.table("events").column("m58") is not None

@@ -16,8 +16,9 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 def _browser_of_1000_tables():
     from nl2sql.schema import Column, Schema, Table
     from nl2sql.ui.sidebar import schema_browser
-    tables = tuple(Table(f"t_{i:04d}", (Column("id", "INTEGER", True), Column(f"col{i % 7}", "VARCHAR"),
-                                        Column("amount" if i == 421 else "x", "DOUBLE", comment="in euros" if i == 421 else "")))
+    def third(i):  # one table has a column with a comment to find
+        return Column("amount", "DOUBLE", comment="in euros") if i == 421 else Column("x", "DOUBLE")
+    tables = tuple(Table(f"t_{i:04d}", (Column("id", "INTEGER", True), Column(f"col{i % 7}", "VARCHAR"), third(i)))
                    for i in range(1000))
     schema_browser(Schema("big", "duckdb", tables))
 
