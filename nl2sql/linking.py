@@ -58,6 +58,7 @@ WIDE_TABLE_COLUMNS = 40      # a table wider than this keeps its key columns plu
 
 COLUMN_WEIGHT = 0.5
 MENTION_BONUS = 3.0
+VALUE_BONUS = 3.0  # a value of the table's that the question mentions (nl2sql.values) counts as naming it; untuned
 NEIGHBOUR_WEIGHT = 0.3
 K1, B = 1.2, 0.75
 BRIDGES = True  # also keep tables that join two kept tables
@@ -145,6 +146,7 @@ class Linked:
     pruned: bool = True              # False when the schema was small enough to pass through whole
     question: str = ""
     path_tables: list[str] = field(default_factory=list)  # tables kept only because they join two kept tables
+    value_hints: tuple = ()          # what prune() was given, so widen() ranks columns the same way
 
 
 def _hash(*parts) -> str:
@@ -252,8 +254,11 @@ class SchemaIndex:
             pass  # a read-only cache dir costs a rebuild next time, nothing else
 
     # --- ranking ----------------------------------------------------------------------------------------------
-    def rank(self, question: str) -> tuple[list[float], list[dict[int, float]]]:
-        """Score of every table (by position) and, per table, the scores of its matching columns."""
+    def rank(self, question: str, value_hints=()) -> tuple[list[float], list[dict[int, float]]]:
+        """Score of every table (by position) and, per table, the scores of its matching columns.
+
+        `value_hints`: values of the database the question mentions (nl2sql.values.ValueHint, or anything with
+        .table, .column and .score 0-100): their table scores as if named, their column as a strong match."""
         q = words(question, stop=True)
         q_all = words(question)
         t_scores = self._tables_bm25.scores(_with_prefixes(q))
@@ -262,9 +267,21 @@ class SchemaIndex:
         for k, s in c_scores.items():
             ti, ci = self._col_owner[k]
             per_table[ti][ci] = s
+        value_bonus = [0.0] * len(self.schema.tables)
+        value_columns: list[tuple[int, int]] = []
+        for h in value_hints:
+            ti = self._by_lower.get(str(getattr(h, "table", "")).lower())
+            if ti is None:
+                continue
+            strength = min(100.0, max(0.0, float(getattr(h, "score", 100.0)))) / 100
+            value_bonus[ti] = max(value_bonus[ti], VALUE_BONUS * strength)
+            ci = next((k for k, c in enumerate(self.schema.tables[ti].columns)
+                       if c.name.lower() == str(getattr(h, "column", "")).lower()), None)
+            if ci is not None:
+                value_columns.append((ti, ci))
         base = []
         for i in range(len(self.schema.tables)):
-            s = t_scores.get(i, 0.0)
+            s = t_scores.get(i, 0.0) + value_bonus[i]
             if per_table[i]:
                 s += COLUMN_WEIGHT * max(per_table[i].values())
             if any(_contains(q_all, seg) for seg in self._name_words[i]):
@@ -275,12 +292,14 @@ class SchemaIndex:
             best_n = max((base[j] for j in self._neighbours[i]), default=0.0)
             # a tiny prior for well-connected tables, so a question that matches nothing still gets hub tables
             final.append(s + NEIGHBOUR_WEIGHT * best_n + 1e-3 * math.log1p(len(self._neighbours[i])))
+        for ti, ci in value_columns:  # a column holding a mentioned value survives the narrowing of its table
+            per_table[ti][ci] = per_table[ti].get(ci, 0.0) + 1000.0
         return final, per_table
 
     def prune(self, question: str, *, max_tables: int = DEFAULT_MAX_TABLES, max_prompt_columns: int = 1000,
-              wide_table_columns: int = WIDE_TABLE_COLUMNS, passthrough: bool = True) -> Linked:
-        """The subset of the schema to prompt with for `question` (never empty)."""
-        scores, col_scores = self.rank(question)
+              wide_table_columns: int = WIDE_TABLE_COLUMNS, passthrough: bool = True, value_hints=()) -> Linked:
+        """The subset of the schema to prompt with for `question` (never empty). `value_hints`: see `rank`."""
+        scores, col_scores = self.rank(question, value_hints)
         by_name = {self._names[i]: round(s, 4) for i, s in enumerate(scores)}
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         small = (len(self.schema.tables) <= PASSTHROUGH_TABLES and self.schema.column_count <= PASSTHROUGH_COLUMNS)
@@ -319,7 +338,9 @@ class SchemaIndex:
                         kept.append(j)
                         path_only.append(j)
                         used += cost
-        return self._linked(kept, path_only, by_name, col_scores, question, wide_table_columns, budget)
+        out = self._linked(kept, path_only, by_name, col_scores, question, wide_table_columns, budget)
+        out.value_hints = tuple(value_hints)
+        return out
 
     def outside_names(self, sql: str, linked: Linked, dialect: str = "sqlite") -> list[str]:
         """Tables and columns `sql` uses that the full schema has but `linked.schema` lacks: what `widen` needs
@@ -386,10 +407,10 @@ class SchemaIndex:
                     new = self._path_to(i, kept) if kept else [i]
                     kept.extend(new)
                     path_only.extend(j for j in new if j != i)
-        _, col_scores = self.rank(linked.question)
+        _, col_scores = self.rank(linked.question, linked.value_hints)
         out = self._linked(kept, path_only, linked.scores, col_scores, linked.question, wide_table_columns, None,
                            force)
-        out.widened = True
+        out.widened, out.value_hints = True, linked.value_hints
         return out
 
     # --- helpers ----------------------------------------------------------------------------------------------

@@ -247,3 +247,29 @@ def test_outside_names_finds_what_the_model_used_beyond_the_subset():
     back = i2.widen(l2, ["m59"])
     assert back.widened and back.schema.table("events").column("m59") is not None
     assert i2.widen(l2, ["events.m58"]).schema.table("events").column("m58") is not None
+
+
+def test_value_hints_bring_the_table_holding_a_mentioned_value():
+    from nl2sql.values import ValueHint
+    schema = wide_schema(60)
+    index = SchemaIndex.build(schema)
+    question = "What did Lucas Mancini buy?"
+    assert "t_0017" not in index.prune(question, max_tables=3).tables
+    hint = ValueHint("t_0017", "col5", "Lucas Mancini", 100.0, "Lucas Mancini")
+    linked = index.prune(question, max_tables=3, value_hints=[hint])
+    assert linked.tables[0] == "t_0017"
+    unknown = ValueHint("no_such_table", "x", "y", 100.0, "y")
+    without = index.prune(question, max_tables=3).tables
+    assert index.prune(question, max_tables=3, value_hints=[unknown]).tables == without
+
+
+def test_a_value_hint_keeps_its_column_in_a_narrowed_table():
+    from nl2sql.values import ValueHint
+    metrics = tuple(Column(f"m{j}", "VARCHAR") for j in range(60))
+    wide = Table("events", (Column("event_id", "INTEGER", True),) + metrics)
+    misc = tuple(Table(f"misc_{i}", (Column("id", "INTEGER", True),)) for i in range(20))
+    index = SchemaIndex.build(Schema("w", "duckdb", (wide,) + misc))
+    hint = ValueHint("events", "m57", "Berlin", 90.0, "berlin")
+    linked = index.prune("events in berlin", max_tables=1, value_hints=[hint])
+    assert linked.schema.table("events").column("m57") is not None
+    assert index.widen(linked, ["misc_3"]).schema.table("events").column("m57") is not None
