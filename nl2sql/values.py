@@ -102,7 +102,7 @@ def _skeleton(token: str) -> str:
 # Endings that turn one form of a word into another ('herb'/'herbs', 'canada'/'canadian', 'italy'/'italian'):
 # two words that share a stem of 4+ letters and differ only by these are the same word for linking.
 _WORD_ENDINGS = frozenset(("", "s", "es", "e", "a", "o", "y", "i", "ies", "ian", "ians", "an", "ans", "n", "ese",
-                           "ish", "ic", "ed", "ing", "er", "ers", "ern", "ern"))
+                           "ish", "ic", "ed", "ing", "er", "ers", "ern"))
 # The same on consonant skeletons, for stems whose vowels change ('frnch'/'frnc', 'spnsh'/'spn', 'chns'/'chn').
 _SKELETON_ENDINGS = frozenset(("", "s", "n", "ns", "sh", "h", "ch", "c", "r", "rn", "ng"))
 INFLECTION_SCORE = 92.0    # same stem, different ending
@@ -524,7 +524,8 @@ def link_values(question: str, index: ValueIndex, *, limit: int = MAX_HINTS, per
     scored.sort(key=lambda x: (-x[0], -x[2], index._norms[x[1]]))
     # Each value once in its likeliest column first, then the same value in its other columns if room is left.
     qwords = set(qtokens)
-    ranked = [(score, span, _best_spellings(index._entries[vid], question, qwords, index._name_words)) for score, vid, _, span in scored]
+    ranked = [(score, span, _best_spellings(index._entries[vid], question, qwords, index._name_words))
+              for score, vid, _, span in scored]
     hints: list[ValueHint] = []
     per_col: dict[tuple[str, str], int] = defaultdict(int)
     for round_ in (0, 1):
