@@ -2,6 +2,7 @@
 
     python benchmarks/introspect_scale.py                    # DuckDB and PostgreSQL, 1,000 × 10
     python benchmarks/introspect_scale.py --engines duckdb --tables 200 --profile
+    python benchmarks/introspect_scale.py --engines mariadb   # nl2sql_scale on 127.0.0.1:3306 as root
 
 Builds the schema once (DuckDB: a file under --dir; PostgreSQL: the database nl2sql_scale on
 127.0.0.1:5432 as postgres, recreated), each table with a primary key, a foreign key to the previous table,
@@ -26,21 +27,31 @@ sys.path.insert(0, str(ROOT))
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/nl2sql_scale"
+MY_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/"
+MY_URL = "mysql+pymysql://root@127.0.0.1:3306/nl2sql_scale"
 
 
 def ddl(n_tables: int, n_cols: int, dialect: str) -> list[str]:
     out = []
+    mysql = dialect == "mysql"  # comments inline, foreign keys as table constraints
     for i in range(n_tables):
-        cols = ["id INTEGER PRIMARY KEY"]
+        cols, cons = ["id INTEGER PRIMARY KEY"], []
         for j in range(1, n_cols):
             if j == 1 and i > 0:
-                cols.append(f"t_{i - 1:04d}_id INTEGER REFERENCES t_{i - 1:04d} (id)")
+                if mysql:
+                    cols.append(f"t_{i - 1:04d}_id INTEGER")
+                    cons.append(f"FOREIGN KEY (t_{i - 1:04d}_id) REFERENCES t_{i - 1:04d} (id)")
+                else:
+                    cols.append(f"t_{i - 1:04d}_id INTEGER REFERENCES t_{i - 1:04d} (id)")
             else:
-                cols.append(f"col{j} {'VARCHAR(40)' if j % 2 else 'INTEGER'}")
-        out.append(f"CREATE TABLE t_{i:04d} ({', '.join(cols)})")
-        out.append(f"COMMENT ON TABLE t_{i:04d} IS 'table number {i}'")
-        for j in range(2, n_cols, 3):
-            out.append(f"COMMENT ON COLUMN t_{i:04d}.col{j} IS 'column {j} of table {i}'")
+                comment = f" COMMENT 'column {j} of table {i}'" if mysql and j % 3 == 2 else ""
+                cols.append(f"col{j} {'VARCHAR(40)' if j % 2 else 'INTEGER'}{comment}")
+        tail = f" COMMENT='table number {i}'" if mysql else ""
+        out.append(f"CREATE TABLE t_{i:04d} ({', '.join(cols + cons)}){tail}")
+        if not mysql:
+            out.append(f"COMMENT ON TABLE t_{i:04d} IS 'table number {i}'")
+            for j in range(2, n_cols, 3):
+                out.append(f"COMMENT ON COLUMN t_{i:04d}.col{j} IS 'column {j} of table {i}'")
         values = []
         for r in range(5):
             row = [str(r)]
@@ -82,6 +93,21 @@ def make_postgres(n_tables: int, n_cols: int) -> str:
     return PG_URL
 
 
+def make_mariadb(n_tables: int, n_cols: int) -> str:
+    import sqlalchemy as sa
+    admin = sa.create_engine(MY_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql("DROP DATABASE IF EXISTS nl2sql_scale")
+        c.exec_driver_sql("CREATE DATABASE nl2sql_scale")
+    admin.dispose()
+    eng = sa.create_engine(MY_URL)
+    with eng.begin() as c:
+        for s in ddl(n_tables, n_cols, "mysql"):
+            c.exec_driver_sql(s)
+    eng.dispose()
+    return MY_URL
+
+
 def timed(label, fn, profile: bool):
     prof = cProfile.Profile() if profile else None
     t0 = time.perf_counter()
@@ -101,11 +127,12 @@ def timed(label, fn, profile: bool):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engines", nargs="+", default=["duckdb", "postgres"], choices=["duckdb", "postgres"])
+    ap.add_argument("--engines", nargs="+", default=["duckdb", "postgres"], choices=["duckdb", "postgres", "mariadb"])
     ap.add_argument("--tables", type=int, default=1000)
     ap.add_argument("--columns", type=int, default=10)
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "nl2sql-bench")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="leave the server databases nl2sql_scale in place")
     args = ap.parse_args(argv)
 
     from nl2sql.config import Settings
@@ -116,8 +143,12 @@ def main(argv=None):
     args.dir.mkdir(parents=True, exist_ok=True)
     for engine in args.engines:
         t0 = time.perf_counter()
-        db = (make_duckdb(args.dir / f"scale-{args.tables}x{args.columns}.duckdb", args.tables, args.columns)
-              if engine == "duckdb" else make_postgres(args.tables, args.columns))
+        if engine == "duckdb":
+            db = make_duckdb(args.dir / f"scale-{args.tables}x{args.columns}.duckdb", args.tables, args.columns)
+        elif engine == "postgres":
+            db = make_postgres(args.tables, args.columns)
+        else:
+            db = make_mariadb(args.tables, args.columns)
         print(f"{engine}: {args.tables} tables × {args.columns} columns built in {time.perf_counter() - t0:.1f} s")
         wh = open_warehouse(db, settings)
         tables, _ = timed("describe_tables()", wh.describe_tables, args.profile)
@@ -131,6 +162,16 @@ def main(argv=None):
               f"{sum(1 for t in schema.tables for c in t.columns if c.comment)} column comments")
         clear_memory_cache()
         timed("linking index build (no disk cache)", lambda: SchemaIndex.build(schema), False)
+        if engine != "duckdb" and not args.keep:
+            drop_server_database(engine)
+
+
+def drop_server_database(engine: str) -> None:
+    import sqlalchemy as sa
+    admin = sa.create_engine(PG_ADMIN if engine == "postgres" else MY_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql("DROP DATABASE IF EXISTS nl2sql_scale" + (" WITH (FORCE)" if engine == "postgres" else ""))
+    admin.dispose()
 
 
 if __name__ == "__main__":
