@@ -180,7 +180,6 @@ class SchemaIndex:
         self._columns_bm25 = _BM25(column_docs)
         self._names = [t.name for t in schema.tables]
         self._name_words = [_segments(t.name) for t in schema.tables]
-        self._col_words = [[words(c.name) for c in t.columns] for t in schema.tables]
         # FK graph, undirected, by table position; a reference to a table not in the schema is ignored
         by_lower: dict[str, int] = {}
         for i, t in enumerate(schema.tables):
@@ -239,19 +238,27 @@ class SchemaIndex:
                 or len(data.get("tables", ())) != len(schema.tables)
                 or len(data.get("columns", ())) != schema.column_count):
             return None
+        docs = data["tables"] + data["columns"]
+        if not all(isinstance(d, list) and all(isinstance(w, str) for w in d) for d in docs):
+            return None  # not what _save writes: rebuilt
         return cls(schema, key, data["tables"], data["columns"])
 
     def _save(self, path: Path) -> None:
         payload = json.dumps({"version": INDEX_VERSION, "key": self.key, "schema": self.schema.name,
                               "tables": self._table_docs, "columns": self._column_docs})
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w") as f:
                 f.write(payload)
             os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
-        except OSError:
-            pass  # a read-only cache dir costs a rebuild next time, nothing else
+        except OSError:  # a read-only or full cache dir costs a rebuild next time, nothing else
+            if tmp:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
     # --- ranking ----------------------------------------------------------------------------------------------
     def rank(self, question: str, value_hints=()) -> tuple[list[float], list[dict[int, float]]]:

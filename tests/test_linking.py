@@ -216,6 +216,18 @@ def test_disk_cache_is_reused_and_rebuilt_when_the_schema_changes(settings, tmp_
     assert SchemaIndex.build(schema, settings).prune("t_0003", max_tables=1).tables == ["t_0003"]
     assert json.loads(path.read_text())["version"] == linking.INDEX_VERSION
     assert not list((tmp_path / "linking").glob(".tmp-*"))  # atomic writes leave no temporary files
+    # a file of the right key but the wrong shape is rebuilt too
+    data = json.loads(path.read_text())
+    data["tables"][0] = 42
+    path.write_text(json.dumps(data))
+    linking.clear_memory_cache()
+    assert SchemaIndex.build(schema, settings).prune("t_0004", max_tables=1).tables == ["t_0004"]
+    # an unwritable cache directory costs a rebuild, not an error
+    linking.clear_memory_cache()
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    index = SchemaIndex.build(schema, settings.replace(cache_dir=blocked))
+    assert index.prune("t_0005", max_tables=1).tables == ["t_0005"]
 
 
 def test_a_budget_smaller_than_the_best_table_narrows_it():
