@@ -89,6 +89,16 @@ def main(argv=None) -> int:
         extra = medians[f"{engine}, worker process"] - medians[[k for k in medians if k.startswith(engine + ", in")][0]]
         print(f"\n{engine}: the worker adds {extra:.2f} ms median per query")
 
+    # the SQL checks on the same queries: parse, allowlists, write back out, parse and check that text again
+    wh = open_warehouse(str(duck), settings)
+    ms = []
+    for i in range(a.n):
+        t0 = time.perf_counter()
+        executor.guard(wh, QUERIES[i % len(QUERIES)], settings)
+        ms.append((time.perf_counter() - t0) * 1000)
+    print("\n| executor.guard() (SQL checks, DuckDB) | median | p90 |\n|---|---|---|\n" + _row("guard", ms))
+    wh.close()
+
     # limits: a call DuckDB cannot interrupt, and a value past the memory limit (SQL checks off, as in tests/safety)
     executor._CHECK_SQL = False
     wh = open_warehouse(str(duck), settings.replace(statement_timeout=1.0))

@@ -46,7 +46,9 @@ class DuckDBWarehouse(Warehouse):
             "enable_external_access": False,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
-            "memory_limit": settings.memory_limit,
+            # DuckDB's own limit (graceful: spills, or an out-of-memory error) sits below the worker's kill line
+            # at NL2SQL_MEMORY_LIMIT, which catches the memory DuckDB does not account for (one huge call)
+            "memory_limit": f"{max(16, int(memory_bytes(settings.memory_limit) * 0.8 / 1e6))}MB",
             "threads": max(1, min(4, os.cpu_count() or 1)),
             "temp_directory": self._tmp,
         }

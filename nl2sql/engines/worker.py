@@ -24,7 +24,7 @@ import threading
 import time
 
 GRACE_S = 0.5            # how long past the timeout the parent waits before killing (target: <= 1 s)
-POLL_S = 0.02            # how often the parent looks at the worker's memory while it waits
+POLL_S = 0.01            # how often the parent looks at the worker's memory while it waits
 _HEADER = struct.Struct("!I")
 
 

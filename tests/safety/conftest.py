@@ -164,7 +164,9 @@ def postgres_engine(outside):
             q("SELECT count(*) FROM pg_largeobject_metadata"),               # lo_import leaves objects here
             q("SELECT sourcefile, name, setting FROM pg_file_settings ORDER BY 1, 2"),  # ALTER SYSTEM
             q("SELECT extname FROM pg_extension ORDER BY 1"),
-            q("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))  # a session left holding a lock
+            # a session left holding a lock (this database only: other test runs share the server)
+            q("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+              "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"))
 
     yield Engine("postgres", f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}",
                  f"postgresql+psycopg://{RO_ROLE}@127.0.0.1:5432/{DB}", checksum,

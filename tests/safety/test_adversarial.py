@@ -167,9 +167,9 @@ CASES = [
     Case("kelvin-get-lock", "casefold", "SELECT get_loc\u212a('nl2sql', 0)", "M"),       # K (Kelvin) lower-cases to k
     Case("ligature-read-text", "file", "SELECT * FROM singer, read_text('{secret}')", "D"),
     Case("long-s-current-setting", "casefold", "SELECT current_\u017fetting('memory_limit')", "DP"),
-    Case("unknown-function", "casefold", "SELECT version()"),
+    Case("unknown-function", "casefold", "SELECT version()", engine_may_run="DPM"),  # harmless, but not listed
     Case("quoted-function", "file", "SELECT \"PG_READ_FILE\"('{secret}')", "P"),
-    Case("qualified-allowed-name", "casefold", "SELECT pg_catalog.upper(name) FROM singer", "P"),
+    Case("qualified-allowed-name", "casefold", "SELECT pg_catalog.upper(name) FROM singer", "P", engine_may_run="P"),
     # --- functions that run SQL given as a string -------------------------------------------------------
     Case("ts-stat", "file", "SELECT * FROM singer WHERE EXISTS (SELECT ts_stat('SELECT to_tsvector(pg_read_file(''{secret}''))'))", "P"),
     Case("ts-rewrite", "file", "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, to_tsquery(pg_read_file(''{secret}''))')", "P"),
@@ -252,7 +252,7 @@ CASES = [
 ]
 
 LETTER = {"duckdb": "D", "sqlite": "S", "postgres": "P", "mariadb": "M"}
-ENGINE_ONLY_KINDS = {"write", "multi", "file", "extension", "config", "admin"}  # rerun with the SQL checks off
+ENGINE_ONLY_KINDS = {"write", "multi", "file", "extension", "config", "admin", "casefold"}  # rerun with the SQL checks off
 
 
 def _params(kinds=None):
