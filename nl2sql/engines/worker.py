@@ -25,6 +25,7 @@ import time
 
 GRACE_S = 0.5            # how long past the timeout the parent waits before killing (target: <= 1 s)
 POLL_S = 0.01            # how often the parent looks at the worker's memory while it waits
+IDLE_EXIT_S = 60.0       # a worker with no query for this long exits (restarted on demand)
 _HEADER = struct.Struct("!I")
 
 
@@ -42,8 +43,10 @@ class EmbeddedWorker:
     """One child process holding one read-only connection; `run` sends it a query and waits, killing it past
     the deadline or the memory limit. Thread-safe (one query at a time, like the connection itself)."""
 
-    def __init__(self, kind: str, path: str, *, memory_limit_bytes: int, open_args: dict):
+    def __init__(self, kind: str, path: str, *, memory_limit_bytes: int, open_args: dict,
+                 idle_exit_s: float = IDLE_EXIT_S):
         self.kind = kind
+        self.idle_exit_s = idle_exit_s
         self.path = path
         self.memory_limit_bytes = int(memory_limit_bytes)
         self.open_args = open_args
@@ -55,7 +58,8 @@ class EmbeddedWorker:
     # lifecycle
     def _start(self) -> None:
         env = dict(os.environ, MALLOC_ARENA_MAX="2", OMP_NUM_THREADS="1")
-        self._proc = subprocess.Popen([sys.executable, "-m", "nl2sql.engines.worker"], stdin=subprocess.PIPE,
+        self._proc = subprocess.Popen([sys.executable, "-m", "nl2sql.engines.worker", str(self.idle_exit_s)],
+                                      stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
         reply = self._call({"op": "open", "kind": self.kind, "path": self.path,
                             "memory_limit_bytes": self.memory_limit_bytes, **self.open_args}, deadline=30.0)
@@ -91,10 +95,18 @@ class EmbeddedWorker:
         """Send one request; the reply's payload, or WorkerError. Starts the worker if needed."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
-                if self._proc is not None:
+                if self._proc is not None and self._proc.returncode != 0:  # not an idle exit
                     self.restarts += 1
                 self._kill()
                 self._start()
+            proc = self._proc
+            try:
+                return self._call(message, deadline=timeout + GRACE_S)
+            except WorkerError as e:
+                if e.kind != "died" or proc.returncode != 0:
+                    raise
+            # it exited idle just as this request came: once more, with a fresh worker
+            self._start()
             return self._call(message, deadline=timeout + GRACE_S)
 
     def _call(self, message: dict, *, deadline: float):
@@ -120,7 +132,10 @@ class EmbeddedWorker:
             if ready:
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
-                    code = p.poll()
+                    try:
+                        code = p.wait(timeout=1.0)
+                    except subprocess.TimeoutExpired:
+                        code = None
                     self._kill()
                     if code is not None and code < 0 and -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT):
                         raise WorkerError("memory", "the query process was stopped (memory)")
@@ -155,10 +170,15 @@ def _read_exactly(f, n: int) -> bytes:
     return data
 
 
-def _serve() -> None:
+def _serve(idle_exit_s: float) -> None:
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     engine = None
     while True:
+        # An idle worker goes away (the parent starts a new one on the next query): a process that opened
+        # many databases, e.g. an evaluation over every Spider database, keeps only the busy ones running.
+        # (Nothing is buffered here between requests: the parent sends the next one only after our reply.)
+        if not select.select([inp.fileno()], [], [], idle_exit_s)[0]:
+            return
         try:
             (n,) = _HEADER.unpack(_read_exactly(inp, _HEADER.size))
             message = pickle.loads(_read_exactly(inp, n))
@@ -312,4 +332,4 @@ class _SQLite:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(float(sys.argv[1]) if len(sys.argv) > 1 else IDLE_EXIT_S)

@@ -76,3 +76,20 @@ def test_the_parent_never_opens_the_file(engine_name, request, safety_settings):
                    for f in worker_fds)
     finally:
         wh.close()
+
+
+def test_an_idle_worker_exits_and_comes_back(sqlite_engine, safety_settings):
+    """A process that opened many databases keeps only the busy workers (each idle one exits on its own)."""
+    from nl2sql.engines.worker import EmbeddedWorker
+    worker = EmbeddedWorker("sqlite", sqlite_engine.db, memory_limit_bytes=256 << 20, idle_exit_s=0.3,
+                            open_args={"functions": ["count"], "max_bytes": 10_000})
+    query = {"op": "run", "sql": "SELECT COUNT(*) FROM singer", "row_limit": 5, "timeout": 2.0, "max_bytes": 10_000}
+    try:
+        assert worker.request(query, timeout=2.0)[1] == [(6,)]
+        first = worker._proc
+        first.wait(timeout=10)  # exits by itself
+        assert first.returncode == 0
+        assert worker.request(query, timeout=2.0)[1] == [(6,)]
+        assert worker._proc is not first and worker.restarts == 0  # an idle exit is not a failure
+    finally:
+        worker.close()
