@@ -433,9 +433,12 @@ def to_model_dialect(sql: str, dialect: str | None) -> str:
 
 
 def validate(sql: str, schema: Schema, *, dialect: str | None = None, read: str = SQL_DIALECT,
-             max_chars: int = 20000) -> ValidatedSQL:
-    """Check one model-written query against `schema` and transpile it to `dialect` (default: the schema's)."""
-    tree = parse_one_query(sql, read=read, max_chars=max_chars)
+             max_chars: int = 20000, settings=None) -> ValidatedSQL:
+    """Check one model-written query against `schema` and transpile it to `dialect` (default: the schema's).
+
+    `settings` supplies NL2SQL_EXTRA_FUNCTIONS and NL2SQL_MAX_FUNCTION_SIZE; without it they come from the
+    environment (the guarded executor, which uses its settings, checks the same again before running)."""
+    tree = parse_one_query(sql, read=read, max_chars=max_chars, functions=FunctionPolicy.from_settings(read, settings))
     tree = _strings_from_double_quotes(tree, schema)
     tables = _check_names(tree, schema)
     target = dialect or schema.dialect
@@ -446,7 +449,7 @@ def validate(sql: str, schema: Schema, *, dialect: str | None = None, read: str 
         raise ValidationError(f"The SQL cannot be written for {target}: {_first_line(e)}",
                               hint="Rephrase the question.") from None
     # Transpiling may rename or retype functions: the output, as it will run, is checked again.
-    check_text_that_runs(out, target, FunctionPolicy.from_settings(target))
+    check_text_that_runs(out, target, FunctionPolicy.from_settings(target, settings))
     return ValidatedSQL(out, tree, tables)
 
 
@@ -455,9 +458,25 @@ def check_text_that_runs(sql: str, dialect: str, functions: FunctionPolicy, tabl
     """Parse the exact text the engine will get, in the engine's dialect, and check it again: one read-only
     statement, allowlisted functions (their names as written there), and, with `tables`, allowlisted tables."""
     tree = parse_one_query(sql, read=dialect, max_chars=max_chars, functions=functions)
+    _check_niladic_functions(tree, dialect)
     if tables is not None:
         check_tables(tree, tables)
     return tree
+
+
+# SQL-standard functions called without parentheses, which sqlglot may read as column names; PostgreSQL
+# also reads a bare `user` as current_user. They tell who and where the session is, which no analyst query needs.
+_NILADIC = {"current_user", "session_user", "current_role", "system_user", "current_catalog", "current_schema"}
+
+
+def _check_niladic_functions(tree: exp.Expression, dialect: str) -> None:
+    names = _NILADIC | ({"user"} if dialect == "postgres" else set())
+    for col in tree.find_all(exp.Column):
+        ident = col.this
+        if (isinstance(ident, exp.Identifier) and not ident.quoted and not col.table
+                and fold(ident.name) in names):
+            raise UnsafeSQLError(f"{ident.name} names the session's login or schema here, not a column.",
+                                 hint='Quote it ("user") if you mean a column of that name.')
 
 
 # --- tables: the connected schema, CTEs, and what the administrator adds ---------------------------------

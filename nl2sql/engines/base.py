@@ -25,8 +25,12 @@ class Warehouse:
         cols, rows, _ = self.run(sql, row_limit=n, timeout=2.0)
         return tuple(str(r[0])[:60] for r in rows if r[0] is not None and str(r[0]).strip())
 
-    def run(self, sql: str, *, row_limit: int, timeout: float) -> tuple[list[str], list[tuple], bool]:
-        """Run one already-validated query read-only; (columns, rows, truncated). Only execute.py calls this."""
+    def run(self, sql: str, *, row_limit: int, timeout: float,
+            fresh_session: bool = False) -> tuple[list[str], list[tuple], bool]:
+        """Run one already-validated query read-only; (columns, rows, truncated). Only execute.py calls this.
+
+        fresh_session: the query may have left server-side state (functions nl2sql did not vet): do not
+        reuse its session."""
         raise NotImplementedError
 
     _tables_cache: tuple | None = None

@@ -167,6 +167,8 @@ CASES = [
     Case("kelvin-get-lock", "casefold", "SELECT get_loc\u212a('nl2sql', 0)", "M"),       # K (Kelvin) lower-cases to k
     Case("ligature-read-text", "file", "SELECT * FROM singer, read_text('{secret}')", "D"),
     Case("long-s-current-setting", "casefold", "SELECT current_\u017fetting('memory_limit')", "DP"),
+    Case("bare-user", "casefold", "SELECT user, current_role", "P", engine_may_run="P"),  # the login name only
+    Case("bare-session-user", "casefold", "SELECT session_user", "DP", engine_may_run="DP"),
     Case("unknown-function", "casefold", "SELECT version()", engine_may_run="DPM"),  # harmless, but not listed
     Case("quoted-function", "file", "SELECT \"PG_READ_FILE\"('{secret}')", "P"),
     Case("qualified-allowed-name", "casefold", "SELECT pg_catalog.upper(name) FROM singer", "P", engine_may_run="P"),

@@ -107,3 +107,13 @@ def test_size_caps_follow_the_setting():
     with pytest.raises(UnsafeSQLError, match="NL2SQL_MAX_FUNCTION_SIZE"):
         parse_one_query(big, read="duckdb", functions=FunctionPolicy("duckdb"))
     parse_one_query(big, read="duckdb", functions=FunctionPolicy("duckdb", max_size=300_000))
+
+
+def test_validate_takes_the_extra_functions_from_its_settings(settings):
+    from nl2sql.schema import Column, Schema, Table
+    from nl2sql.validate import validate
+    schema = Schema("t", "postgres", (Table("t", (Column("a", "INTEGER"),)),))
+    with pytest.raises(UnsafeSQLError, match="NL2SQL_EXTRA_FUNCTIONS"):
+        validate("SELECT version() FROM t", schema)
+    assert "VERSION()" in validate("SELECT version() FROM t", schema,
+                                   settings=settings.replace(extra_functions="version")).sql
