@@ -3,14 +3,17 @@
 Layers, each enough on its own for writes:
 1. input caps (validate.check_sql_text): length, NUL and hidden characters, nesting depth;
 2. the parsed-tree allowlist (validate.parse_one_query): one SELECT / set operation, no statement node anywhere;
-3. the function and table-function denylist, FROM included;
-   the text that runs is the checked tree written back out by sqlglot, comments dropped, so the engine runs
-   what was checked (no parser differentials such as MySQL's executable comments);
-4. the engine, read-only by construction (warehouse.py: DuckDB read_only + external access off + locked
-   config + one SELECT statement per call; SQLite mode=ro + an authorizer allowing reads only + no ATTACH;
-   PostgreSQL a read-only transaction and a server-side cursor, which runs one SELECT only; MariaDB a
-   read-only transaction without multi-statements);
-5. limits that stop the query: statement timeout, row cap and result-size cap that set `truncated`.
+3. the function allowlist per dialect (validate.check_functions; NFKC + casefold, size arguments capped) and
+   the table allowlist (validate.check_tables: the connected schema, CTEs in scope, NL2SQL_EXTRA_TABLES).
+   The text that runs is the checked tree written back out by sqlglot, comments dropped, and that text is
+   parsed and checked once more, so the engine runs exactly what was checked (no parser differentials such
+   as MySQL's executable comments or names that case-map to others);
+4. the engine, read-only by construction (one module per engine in nl2sql/engines/: DuckDB read_only +
+   external access off + locked config + one SELECT statement per call; SQLite mode=ro + an authorizer
+   allowing reads and allowlisted functions + no ATTACH; PostgreSQL a read-only transaction and a server-side
+   cursor; MariaDB a read-only transaction without multi-statements; sessions left with state discarded);
+5. limits that stop the query: statement timeout (DuckDB and SQLite files in a worker process killed past
+   it or past the memory limit), row cap and result-size cap that set `truncated`.
 
 The module is executor.py rather than execute.py so that `nl2sql.execute` stays the public function.
 """
