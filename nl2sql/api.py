@@ -99,6 +99,11 @@ class Pipeline:
             self._schemas[key] = introspect(self.warehouse(db), sample_values=self.settings.sample_values)
         return self._schemas[key]
 
+    def values(self, db, schema: Schema):
+        """The value index of `db` (nl2sql/values.py), read through the guarded executor once per schema."""
+        from .values import ValueIndex
+        return ValueIndex.build(self.warehouse(db), schema, self.settings, budget_s=self.settings.value_budget)
+
     def binder(self, schema: Schema):
         from .binding import Binder
         key = schema.fingerprint()
@@ -133,7 +138,15 @@ class Pipeline:
         gen = self.generator
         answer = Answer(question, model=gen.model_name, adapter=gen.adapter_name, db=schema.name,
                         candidates=max(1, self.settings.candidates))
-        prompt = build_prompt(schema, question, list(examples))
+        index = None
+        if self.settings.value_hints or self.settings.snap_literals:
+            with timer("values"):
+                index = self.values(db, schema)
+        hints = ""
+        if self.settings.value_hints:
+            from .values import format_hints, link_values
+            hints = format_hints(link_values(question, index))
+        prompt = build_prompt(schema, question, list(examples), hints=hints)
         prefix = render_schema(schema) + "\n"  # shared by every question on this schema: its KV cache is reused
         grammar = binder = None
         if self.settings.constrained:
@@ -144,11 +157,12 @@ class Pipeline:
             gens = gen.candidates(prompt, grammar, self.settings.max_new_tokens, prefix=prefix,
                                   n=answer.candidates, binder=binder, seed=_seed(question),
                                   temperature=self.settings.temperature)
-        outcomes = [self._attempt(g, schema, db, execute, timer) for g in gens]
+        outcomes = [self._attempt(g, schema, db, execute, timer, index) for g in gens]
         best, agreement = vote(outcomes)
         answer.tokens = sum(g.tokens for g in gens)
         if best is None:  # no candidate valid: repair branches from the greedy one (nl2sql/repair.py)
-            best = self._repair(outcomes[0], prompt, prefix, grammar, binder, schema, db, execute, timer, answer)
+            best = self._repair(outcomes[0], prompt, prefix, grammar, binder, schema, db, execute, timer, answer,
+                                index)
         self._fill(answer, best, agreement)
         timings = timer.timings
         if not execute:
@@ -157,8 +171,8 @@ class Pipeline:
         answer.timings = {k: round(v, 4) for k, v in timings.items()}
         return answer
 
-    def _attempt(self, generation, schema, db, execute: bool, timer) -> _Outcome:
-        """generate (done) -> validate -> execute, for one candidate."""
+    def _attempt(self, generation, schema, db, execute: bool, timer, index=None) -> _Outcome:
+        """generate (done) -> validate (-> literals in the database's spelling) -> execute, for one candidate."""
         from .validate import validate
         out = _Outcome(generation)
         try:
@@ -167,16 +181,19 @@ class Pipeline:
             with timer("validate"):
                 checked = validate(generation.text, schema, max_chars=self.settings.max_sql_chars)
                 out.sql = checked.sql
+                if index is not None and self.settings.snap_literals:
+                    from .values import snap_literals
+                    out.sql = snap_literals(out.sql, schema.dialect, index, schema)
             if execute:
                 with timer("execute"):
-                    result = execute_mod.run_checked(self.warehouse(db), checked.sql, self.settings)
+                    result = execute_mod.run_checked(self.warehouse(db), out.sql, self.settings)
                 out.df, out.truncated = result.df, result.truncated
         except Nl2SqlError as e:
             out.error = e
         return out
 
     def _repair(self, first: _Outcome, prompt, prefix, grammar, binder, schema, db, execute, timer,
-                answer: Answer) -> _Outcome:
+                answer: Answer, index) -> _Outcome:
         from .repair import next_branch, repairable
         tried: set = set()
         outcome = first
@@ -190,7 +207,7 @@ class Pipeline:
                 g = self.generator.generate(prompt, grammar, self.settings.max_new_tokens, prefix=prefix,
                                             forced=forced, binder=binder)
             answer.tokens += g.tokens
-            outcome = self._attempt(g, schema, db, execute, timer)
+            outcome = self._attempt(g, schema, db, execute, timer, index)
         return outcome
 
     @staticmethod

@@ -25,7 +25,7 @@ def cmd_ask(args) -> int:
     a = pipe.ask(args.question, args.db, execute=not args.no_execute)
     if args.json:
         out = {"question": a.question, "sql": a.sql, "error": a.error, "truncated": a.truncated, "timings": a.timings,
-               "model": a.model, "adapter": a.adapter,
+               "model": a.model, "adapter": a.adapter, "candidates": a.candidates, "agreement": a.agreement,
                "rows": None if a.df is None else json.loads(a.df.head(100).to_json(orient="records", date_format="iso"))}
         print(json.dumps(out, default=str))
         return 0 if a.ok else 1
@@ -40,7 +40,8 @@ def cmd_ask(args) -> int:
             print(a.df.to_string(index=False, max_rows=40) if len(a.df) else "(no rows)")
         note = f"{len(a.df)} row(s)" + (" — truncated at the row or size limit (NL2SQL_ROW_LIMIT, NL2SQL_MAX_RESULT_BYTES)"
                                         if a.truncated else "")
-        print(f"\n{note}; {a.timings.get('total', 0):.2f} s", file=sys.stderr)
+        agree = f"; {a.agreement} of {a.candidates} candidates agree" if a.candidates > 1 else ""
+        print(f"\n{note}; {a.timings.get('total', 0):.2f} s{agree}", file=sys.stderr)
     return 0
 
 
@@ -62,8 +63,10 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / "eval" / ("spider" if args.spider else "demo") / "predictions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = run_eval(cases, pipe, out, gold_dialect="sqlite")  # Spider gold and the demo pairs are both SQLite SQL
-    summary.update(model=pipe.settings.model, adapter=pipe.generator.loaded.adapter_version or pipe.generator.loaded.adapter,
-                   constrained=pipe.settings.constrained, predictions=str(out))
+    summary.update(model=pipe.settings.model, adapter=pipe.generator.adapter_name,
+                   constrained=pipe.settings.constrained, bind_columns=pipe.settings.bind_columns,
+                   candidates=pipe.settings.candidates, temperature=pipe.settings.temperature,
+                   repair_attempts=pipe.settings.repair_attempts, predictions=str(out))
     out.with_name("summary.json").write_text(json.dumps(summary, indent=2))
     print(f"execution accuracy {summary['execution_accuracy'] * 100:.1f} % on {summary['n']} questions; "
           f"invalid SQL {summary['invalid_sql_rate'] * 100:.1f} %; median {summary['median_seconds']} s, "

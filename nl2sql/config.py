@@ -56,6 +56,13 @@ class Settings:
     candidates: int = setting(
         4, "SQL candidates decoded together for each question (one batch over the shared schema cache); the valid "
         "ones run under the guard and the result most of them agree on is the answer. 1 = greedy only.")
+    value_hints: bool = setting(
+        False, "Put the database values the question seems to mention into the prompt (nl2sql/values.py), e.g. "
+        "-- Values: singer.country = 'France'. Off by default until the adapter is trained with them (README).")
+    snap_literals: bool = setting(
+        True, "Rewrite a string literal compared with a text column to the column's own spelling of it "
+        "('france' -> 'France'), from the value index (nl2sql/values.py).")
+    value_budget: float = setting(5.0, "Seconds the first question on a database may spend reading its text values.")
     temperature: float = setting(1.0, "Sampling temperature of the candidates after the first (the first is greedy).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")

@@ -95,7 +95,7 @@ def run_eval(cases: list[Case], pipeline, out_jsonl: Path | None = None, progres
                 # executed as a user's question is (so repair sees database errors too), then re-run uncapped to score
                 answer = pipeline.ask(case.question, case.db)
                 rec.update(pred=answer.sql, raw=answer.raw_sql, error=answer.error, tokens=answer.tokens,
-                           attempts=answer.attempts)
+                           attempts=answer.attempts, agreement=answer.agreement, candidates=answer.candidates)
                 wh = pipeline.warehouse(case.db)
                 correct = False
                 if answer.sql and not answer.error:

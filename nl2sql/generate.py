@@ -161,7 +161,7 @@ class SqlGenerator:
                             r.fail("A repair branch left the SQL grammar.")
                             continue
                     else:
-                        t = self._step(r, i, logits[i], h[i], bitmask, rng, temperature, len(forced), tok)
+                        t = self._step(r, i, logits[i], h[i], bitmask, rng, temperature, len(forced), tok, vocab)
                     if t is None:
                         continue   # backtracked, failed or stopped: nothing to feed this step
                     if len(r.ids) >= max_new_tokens:
@@ -187,41 +187,43 @@ class SqlGenerator:
             seconds = time.perf_counter() - t0
             return [r.result(self.decode, seconds, spec is not None) for r in rows]
 
-    def _step(self, r, i, row_logits, h_i, bitmask, rng, temperature, n_forced, tok):
-        """Choose row r's next token; returns it, or None when the row backtracked, stopped or failed."""
+    def _step(self, r, i, row_logits, h_i, bitmask, rng, temperature, n_forced, tok, vocab):
+        """Choose row r's next token; returns it, or None when the row backtracked, stopped or failed.
+
+        Works on the SQL vocabulary's logits when there is one (a tenth of the full row), else on all."""
         import torch
-        scores = row_logits.clone()
         if r.matcher is not None:
             import llguidance.torch
             llguidance.torch.fill_next_token_bitmask(r.matcher, bitmask, i)
             if r.matcher.is_error():
                 r.fail(f"The SQL grammar stopped: {r.matcher.get_error()[:200]}")
                 return None
-            _apply_mask(scores, bitmask[i])
-        for t in r.bans.get(len(r.ids), ()):
-            scores[t] = float("-inf")
-        if not torch.isfinite(scores).any() and self._base_vocab is not None:  # nothing allowed in the SQL vocabulary
-            scores = (h_i @ self.lm_head.T).float()
-            if r.matcher is not None:
-                _apply_mask(scores, bitmask[i])
-            for t in r.bans.get(len(r.ids), ()):
-                scores[t] = float("-inf")
+        ids = vocab
+        scores = self._masked(row_logits, ids, r, bitmask, i)
+        if ids is not None and not torch.isfinite(scores).any():  # nothing allowed in the SQL vocabulary
+            ids = None
+            scores = self._masked((h_i @ self.lm_head.T).float(), None, r, bitmask, i)
         if not torch.isfinite(scores).any():
             r.fail("The SQL grammar allows no next token here.")
             return None
+
+        def token(k):
+            return int(k) if ids is None else int(ids[int(k)])
         logp = torch.log_softmax(scores, dim=-1)
-        top2 = torch.topk(scores, 2)
-        gap = float(top2.values[0] - top2.values[1])
-        runner_up = int(top2.indices[1]) if torch.isfinite(top2.values[1]) else -1
+        k_top = min(_CANDIDATES_PER_STEP, scores.shape[0])
+        top = torch.topk(scores, k_top)
+        gap = float(top.values[0] - top.values[1]) if k_top > 1 else float("inf")
+        runner_up = token(top.indices[1]) if k_top > 1 and torch.isfinite(top.values[1]) else -1
         if r.greedy:
-            order = torch.topk(scores, _CANDIDATES_PER_STEP).indices
+            order = top.indices
         else:
             u = torch.rand(scores.shape, generator=rng).clamp_(1e-10, 1.0)
-            order = torch.topk(scores / temperature - torch.log(-torch.log(u)), _CANDIDATES_PER_STEP).indices
+            order = torch.topk(scores / temperature - torch.log(-torch.log(u)), k_top).indices
         eos = tok.eos_token_id
-        for t in (int(x) for x in order):
-            if not torch.isfinite(scores[t]):
+        for k in order:
+            if not torch.isfinite(scores[k]):
                 break
+            t = token(k)
             piece = "" if t == eos else self._piece(t)
             verdict = None
             if r.binder is not None and r.backtracks <= _MAX_BACKTRACKS:
@@ -230,33 +232,44 @@ class SqlGenerator:
                 continue              # this token itself breaks a binding: try the next one
             if verdict is not None and r.backtrack(verdict, n_forced):
                 return None
-            if t == eos:
-                r.done = True
-                return None
-            if not r.accept(t, gap if gap == gap else float("inf"), runner_up, float(logp[t]), piece):
-                r.fail(f"The SQL grammar refused a token: {r.matcher.get_error()[:200]}")
-                return None
-            return t
+            return self._take(r, t, gap, runner_up, float(logp[k]), piece, eos)
         # every candidate was refused by the binder: give up binding for this row, keep the grammar's best
         r.binder = None
-        t = int(order[0])
+        t = token(order[0])
+        return self._take(r, t, gap, runner_up, float(logp[order[0]]), "" if t == eos else self._piece(t), eos)
+
+    @staticmethod
+    def _take(r, t, gap, runner_up, logp, piece, eos):
         if t == eos:
             r.done = True
             return None
-        piece = self._piece(t)
-        if not r.accept(t, gap if gap == gap else float("inf"), runner_up, float(logp[t]), piece):
-            r.fail("The SQL grammar refused a token.")
+        if not r.accept(t, gap if gap == gap else float("inf"), runner_up, logp, piece):
+            r.fail("The SQL grammar refused a token" + (f": {r.matcher.get_error()[:200]}" if r.matcher else "."))
             return None
         return t
 
-    def _logits(self, h, head, vocab):
+    def _masked(self, logits, ids, r, bitmask, i):
+        """Logits (over `ids`, or the whole vocabulary) with what the grammar and the row's bans forbid at -inf."""
         import torch
-        logits = (h @ head.T).float()
-        if vocab is None:
-            return logits
-        full = torch.full((h.shape[0], self.lm_head.shape[0]), float("-inf"), device=h.device)
-        full[:, vocab] = logits
-        return full
+        scores = logits.clone()
+        if r.matcher is not None:
+            if ids is None:
+                _apply_mask(scores, bitmask[i])
+            else:  # the grammar's bits for just these ids (32 tokens per int32 word)
+                words = bitmask[i][ids >> 5]
+                allowed = ((words >> (ids & 31)) & 1).bool()
+                scores.masked_fill_(~allowed, float("-inf"))
+        for t in r.bans.get(len(r.ids), ()):
+            if ids is None:
+                scores[t] = float("-inf")
+            else:
+                scores.masked_fill_(ids == t, float("-inf"))
+        return scores
+
+    @staticmethod
+    def _logits(h, head, vocab):
+        """[rows, len(vocab)] logits (the whole output layer when vocab is None)."""
+        return (h @ head.T).float()
 
     def _matcher(self, spec):
         import llguidance

@@ -80,7 +80,7 @@ cast: "CAST"i "(" expr "AS"i TYPE_NAME ")"
 literal: STRING | NUMBER | KEYWORD_LITERAL
 
 SIGN: /[-+]/
-OPERATOR: /(AND|OR|=|==|!=|<>|<|>|<=|>=|\+|-|\*|\/|%|\|\|)/i
+OPERATOR: /(AND|OR|==|!=|<>|<=|>=|=|<|>|\+|-|\*|\/|%|\|\|)/i
 NEGATABLE: /(LIKE|GLOB|BETWEEN)/i
 KEYWORD_LITERAL: /(NULL|TRUE|FALSE|CURRENT_DATE|CURRENT_TIMESTAMP)/i
 STAR: "*"
@@ -116,7 +116,8 @@ def name_regex(names) -> str:
         alts.add(_escape('"' + n.replace('"', '""') + '"'))
         alts.add(_escape("`" + n + "`"))
         alts.add(_escape("[" + n + "]"))
-    return "(" + "|".join(sorted(alts)) + ")"
+    # longest first: Lark's Python regexes take the first alternative that matches ("farm" in "farm_competition")
+    return "(" + "|".join(sorted(alts, key=lambda a: (-len(a), a))) + ")"
 
 
 def sql_grammar(schema: Schema) -> str:
@@ -129,8 +130,8 @@ def sql_grammar(schema: Schema) -> str:
 def _grammar_for(_fingerprint: str, tables: tuple[str, ...], columns: tuple[str, ...]) -> str:
     table, column = name_regex(tables), name_regex(columns)
     qualifier = f"({SOURCE_ALIAS}|{table})"
-    fn_names = "|".join(_ci(f) for f in FUNCTIONS)
-    agg_names = "|".join(_ci(f) for f in AGGREGATES)
+    fn_names = "|".join(_ci(f) for f in sorted(FUNCTIONS, key=len, reverse=True))
+    agg_names = "|".join(_ci(f) for f in sorted(AGGREGATES, key=len, reverse=True))
     return (_BASE
             + f"TABLE: /{table}/\n"
             + f"COLUMN: /{column}/\n"

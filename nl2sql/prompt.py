@@ -99,11 +99,17 @@ def render_schema(schema: Schema) -> str:
     return "\n".join(lines)
 
 
-def build_prompt(schema: Schema, question: str, examples: list[tuple[str, str]] = ()) -> str:
-    """Model input for one question. The model continues it with one SQL statement, then end-of-text."""
+def build_prompt(schema: Schema, question: str, examples: list[tuple[str, str]] = (), hints: str = "") -> str:
+    """Model input for one question. The model continues it with one SQL statement, then end-of-text.
+
+    `hints`: a line of database values the question seems to mention (nl2sql/values.py `format_hints`); it
+    comes after the schema, so the schema part stays a prefix shared by every question (its KV cache is reused).
+    """
     parts = [render_schema(schema)]
     for q, sql in examples:
         parts.append(f"-- Question: {_clean_question(q)}\n-- SQL:\n{sql}")
+    if hints:
+        parts.append(hints)
     parts.append(f"-- Question: {_clean_question(question)}\n-- SQL:\n")
     return "\n".join(parts)
 

@@ -17,6 +17,7 @@ as one prompt line.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import os
@@ -600,3 +601,78 @@ def format_hints(hints, *, max_chars: int = MAX_VALUE_CHARS) -> str:
 
 def _clean_name(name: str) -> str:
     return _CONTROL.sub(" ", str(name)).strip()
+
+
+# --- literals in the model's SQL, spelled as the database spells them --------------------------------------
+SNAP_MIN_SCORE = 88.0  # fuzz.ratio of the normalised forms needed to replace a literal with a stored value
+
+
+def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
+    """Replace string literals compared (=, !=, IN) with a text column by the column's own spelling of them.
+
+    'france' -> 'France', 'Aberdeen' -> 'Aberdeen ' (the stored value has the space), 'Cafe' -> 'Café'.
+    A literal the column already holds, or like none of its values, is left alone; so is everything when the
+    column is not in the index. Works on the validated SQL; the guarded executor checks the result again.
+
+    >>> idx = ValueIndex.from_values("x", {("cars", "make"): ["Ford", "Toyota"]})
+    >>> from nl2sql.schema import Schema, Table, Column
+    >>> s = Schema("x", "sqlite", (Table("cars", (Column("make", "TEXT"), Column("id", "INT"))),))
+    >>> snap_literals("SELECT id FROM cars AS T1 WHERE T1.make = 'ford' OR make IN ('toyotta', 'BMW')", "sqlite", idx, s)
+    "SELECT id FROM cars AS T1 WHERE T1.make = 'Ford' OR make IN ('Toyota', 'BMW')"
+    """
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.optimizer.scope import traverse_scope
+    if not index.values:
+        return sql
+    try:
+        tree = sqlglot.parse_one(sql, read=dialect)
+    except sqlglot.errors.SqlglotError:
+        return sql
+    columns_of = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
+    values_of = {(t.lower(), c.lower()): v for (t, c), v in index.values.items()}
+    changed = False
+    for scope in traverse_scope(tree):
+        tables = {alias.lower(): src.name.lower() for alias, src in scope.sources.items() if isinstance(src, exp.Table)}
+        for node in scope.expression.find_all(exp.EQ, exp.NEQ, exp.In):
+            col = node.this if isinstance(node.this, exp.Column) else node.expression
+            if not isinstance(col, exp.Column):
+                continue
+            table = _column_table(col, tables, columns_of)
+            stored = values_of.get((table, col.name.lower())) if table else None
+            if not stored:
+                continue
+            literals = node.expressions if isinstance(node, exp.In) else [node.expression, node.this]
+            for lit in literals:
+                if isinstance(lit, exp.Literal) and lit.is_string:
+                    better = _closest(lit.this, stored)
+                    if better is not None and better != lit.this:
+                        lit.replace(exp.Literal.string(better))
+                        changed = True
+    return tree.sql(dialect=dialect) if changed else sql
+
+
+def _column_table(col, tables: dict, columns_of: dict) -> str | None:
+    if col.table:
+        return tables.get(col.table.lower())
+    owners = [t for t in tables.values() if col.name.lower() in columns_of.get(t, ())]
+    return owners[0] if len(owners) == 1 else None
+
+
+@functools.lru_cache(maxsize=256)
+def _normalised(values: tuple) -> tuple[dict, list]:
+    by_norm: dict[str, str] = {}
+    for v in values:
+        by_norm.setdefault(normalize(v), v)
+    return by_norm, list(by_norm)
+
+
+def _closest(literal: str, stored: list[str]) -> str | None:
+    if literal in stored:
+        return literal
+    by_norm, norms = _normalised(tuple(stored))
+    key = normalize(literal)
+    if key in by_norm:
+        return by_norm[key]
+    best = process.extractOne(key, norms, scorer=fuzz.ratio, score_cutoff=SNAP_MIN_SCORE)
+    return by_norm[best[0]] if best else None

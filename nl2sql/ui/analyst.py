@@ -64,7 +64,8 @@ def _ask(pipe, conn, question: str, follow: Turn | None) -> None:
         question=question, db=session.log_db(conn.db), sql=t.sql, executed=t.df is not None,
         error=t.run_error or t.error, model=a and a.model, adapter=a and a.adapter,
         latency=a and a.timings.get("total"), raw_sql=a and a.raw_sql, dialect=t.dialect,
-        session=session.session_id(), context=t.context or None))
+        session=session.session_id(), context=t.context or None, candidates=a and a.candidates,
+        agreement=a and a.agreement))
     turns.append(t)
     st.session_state["open_turn"] = t.id
     st.rerun()
@@ -96,6 +97,8 @@ def _turn(t: Turn, is_open: bool) -> None:
         if t.df is not None:
             _result(t)
         timings = " · ".join(f"{k} {v:.2f} s" for k, v in t.answer.timings.items())
+        if t.answer.candidates > 1 and t.answer.ok:  # how many of the decoded candidates gave this result
+            timings += f" · {t.answer.agreement} of {t.answer.candidates} candidates agree"
         if t.answer.attempts > 1:  # repair decoded again after a failed first try (nl2sql/repair.py)
             timings += f" · {t.answer.attempts} attempts"
         st.caption(f"{timings} · model {t.answer.model} · adapter {t.answer.adapter} · {t.db_name}")
