@@ -63,6 +63,18 @@ class _Timer:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
 
 
+@dataclass
+class _Question:
+    """What every stage of one question needs: the question, where it goes, and where results are kept."""
+    question: str
+    db: object
+    execute: bool
+    examples: list
+    index: object      # nl2sql.values.ValueIndex, or None
+    timer: _Timer
+    answer: Answer
+
+
 def _cache_key(db):
     """Strings and None key by value; engines and connections by identity."""
     return db if isinstance(db, (str, type(None))) else id(db)
@@ -81,6 +93,7 @@ class Pipeline:
         self._warehouses: dict = {}
         self._schemas: dict = {}
         self._binders: dict = {}
+        self._link_indexes: dict = {}
         self._generator = generator
         self._lock = threading.Lock()
 
@@ -124,46 +137,42 @@ class Pipeline:
             self._generator = SqlGenerator(load(self.settings), sql_vocab_head=self.settings.sql_vocab_head)
         return self._generator
 
+    def link(self, schema: Schema, question: str):
+        """The part of `schema` this question needs (nl2sql/linking.py); small schemas pass through whole."""
+        from .linking import SchemaIndex
+        key = id(schema)
+        if key not in self._link_indexes:
+            self._link_indexes[key] = (schema, SchemaIndex.build(schema, self.settings))
+        linked = self._link_indexes[key][1].prune(question, max_prompt_columns=self.settings.max_prompt_columns)
+        if linked.schema.column_count > self.settings.max_prompt_columns:
+            raise SchemaError(f"Even the best-matching tables for this question have {linked.schema.column_count} "
+                              f"columns, more than the prompt budget ({self.settings.max_prompt_columns}).",
+                              hint="Name the table you mean in the question, point --db at a narrower schema, "
+                                   "or raise NL2SQL_MAX_PROMPT_COLUMNS.")
+        return linked
+
     # --- the composition ----------------------------------------------------------------------
     def ask(self, question: str, db=None, *, execute: bool = True, examples=()) -> Answer:
         t0 = time.perf_counter()
         timer = _Timer()
         question = check_question(question, self.settings)
         with timer("schema"):
-            schema = self.schema(db)
-            if schema.column_count > self.settings.max_prompt_columns:
-                raise SchemaError(f"The schema has {schema.column_count} columns, more than the prompt can hold "
-                                  f"({self.settings.max_prompt_columns}).",
-                                  hint="Point --db at a narrower schema or view, or raise NL2SQL_MAX_PROMPT_COLUMNS.")
+            full = self.schema(db)
+        with timer("link"):
+            linked = self.link(full, question)
         gen = self.generator
-        answer = Answer(question, model=gen.model_name, adapter=gen.adapter_name, db=schema.name,
+        answer = Answer(question, model=gen.model_name, adapter=gen.adapter_name, db=full.name,
                         candidates=max(1, self.settings.candidates))
         index = None
         if self.settings.value_hints or self.settings.snap_literals:
             with timer("values"):
-                index = self.values(db, schema)
-        hints = ""
-        if self.settings.value_hints:
-            from .values import format_hints, link_values
-            hints = format_hints(link_values(question, index))
-        prompt = build_prompt(schema, question, list(examples), hints=hints)
-        prefix = render_schema(schema) + "\n"  # shared by every question on this schema: its KV cache is reused
-        grammar = binder = None
-        if self.settings.constrained:
-            from .grammar import sql_grammar
-            grammar = sql_grammar(schema)
-            binder = self.binder(schema) if self.settings.bind_columns else None
-        with timer("generate"):
-            gens = gen.candidates(prompt, grammar, self.settings.max_new_tokens, prefix=prefix,
-                                  n=answer.candidates, binder=binder, seed=_seed(question),
-                                  temperature=self.settings.temperature)
-        outcomes = [self._attempt(g, schema, db, execute, timer, index) for g in gens]
-        best, agreement = vote(outcomes)
-        answer.tokens = sum(g.tokens for g in gens)
-        if best is None:  # no candidate valid: repair branches from the greedy one (nl2sql/repair.py)
-            best = self._repair(outcomes[0], prompt, prefix, grammar, binder, schema, db, execute, timer, answer,
-                                index)
-        self._fill(answer, best, agreement)
+                index = self.values(db, full)
+        q = _Question(question, db, execute, list(examples), index, timer, answer)
+        best = self._solve(q, linked.schema)
+        if best.error is not None and linked.pruned:  # the model reached outside the subset: widen once
+            names = self._link_indexes[id(full)][1].outside_names(best.generation.text, linked)
+            if names:
+                best = self._solve(q, self._link_indexes[id(full)][1].widen(linked, names).schema)
         timings = timer.timings
         if not execute:
             timings.pop("execute", None)
@@ -171,43 +180,69 @@ class Pipeline:
         answer.timings = {k: round(v, 4) for k, v in timings.items()}
         return answer
 
-    def _attempt(self, generation, schema, db, execute: bool, timer, index=None) -> _Outcome:
+    def _solve(self, q: "_Question", schema: Schema) -> _Outcome:
+        """Decode N candidates over `schema`, take each through validate -> execute, vote; repair if none is
+        valid. Fills q.answer and returns the winning (or last failed) outcome."""
+        hints = ""
+        if self.settings.value_hints:
+            from .values import format_hints, link_values
+            hints = format_hints(link_values(q.question, q.index))
+        prompt = build_prompt(schema, q.question, q.examples, hints=hints)
+        prefix = render_schema(schema) + "\n"  # shared by every question on this schema: its KV cache is reused
+        grammar = binder = None
+        if self.settings.constrained:
+            from .grammar import sql_grammar
+            grammar = sql_grammar(schema)
+            binder = self.binder(schema) if self.settings.bind_columns else None
+        with q.timer("generate"):
+            gens = self.generator.candidates(prompt, grammar, self.settings.max_new_tokens, prefix=prefix,
+                                             n=q.answer.candidates, binder=binder, seed=_seed(q.question),
+                                             temperature=self.settings.temperature)
+        q.answer.tokens += sum(g.tokens for g in gens)
+        outcomes = [self._attempt(g, schema, q) for g in gens]
+        best, agreement = vote(outcomes)
+        if best is None:  # no candidate valid: repair branches from the greedy one (nl2sql/repair.py)
+            best = self._repair(outcomes[0], prompt, prefix, grammar, binder, schema, q)
+        self._fill(q.answer, best, agreement)
+        return best
+
+    def _attempt(self, generation, schema: Schema, q: "_Question") -> _Outcome:
         """generate (done) -> validate (-> literals in the database's spelling) -> execute, for one candidate."""
         from .validate import validate
         out = _Outcome(generation)
         try:
             if generation.error:
                 raise ModelError(generation.error, hint="Rephrase the question, or report it if it keeps happening.")
-            with timer("validate"):
-                checked = validate(generation.text, schema, max_chars=self.settings.max_sql_chars)
+            with q.timer("validate"):
+                checked = validate(generation.text, schema, max_chars=self.settings.max_sql_chars,
+                                   settings=self.settings)
                 out.sql = checked.sql
-                if index is not None and self.settings.snap_literals:
+                if q.index is not None and self.settings.snap_literals:
                     from .values import snap_literals
-                    out.sql = snap_literals(out.sql, schema.dialect, index, schema)
-            if execute:
-                with timer("execute"):
-                    result = execute_mod.run_checked(self.warehouse(db), out.sql, self.settings)
+                    out.sql = snap_literals(out.sql, schema.dialect, q.index, schema)
+            if q.execute:
+                with q.timer("execute"):
+                    result = execute_mod.run_checked(self.warehouse(q.db), out.sql, self.settings)
                 out.df, out.truncated = result.df, result.truncated
         except Nl2SqlError as e:
             out.error = e
         return out
 
-    def _repair(self, first: _Outcome, prompt, prefix, grammar, binder, schema, db, execute, timer,
-                answer: Answer, index) -> _Outcome:
+    def _repair(self, first: _Outcome, prompt, prefix, grammar, binder, schema, q: "_Question") -> _Outcome:
         from .repair import next_branch, repairable
         tried: set = set()
         outcome = first
-        while (answer.attempts <= self.settings.repair_attempts and outcome.error is not None
+        while (q.answer.attempts <= self.settings.repair_attempts and outcome.error is not None
                and repairable(outcome.error)):
             forced = next_branch(outcome.generation, outcome.error.message, self.generator.decode, tried)
             if forced is None:
                 break
-            answer.attempts += 1
-            with timer("generate"):
+            q.answer.attempts += 1
+            with q.timer("generate"):
                 g = self.generator.generate(prompt, grammar, self.settings.max_new_tokens, prefix=prefix,
                                             forced=forced, binder=binder)
-            answer.tokens += g.tokens
-            outcome = self._attempt(g, schema, db, execute, timer, index)
+            q.answer.tokens += g.tokens
+            outcome = self._attempt(g, schema, q)
         return outcome
 
     @staticmethod

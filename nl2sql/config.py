@@ -68,8 +68,8 @@ class Settings:
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")
     max_sql_chars: int = setting(20000, "Longest SQL statement accepted by the guarded executor, in characters.")
     max_prompt_columns: int = setting(
-        1000, "Most columns rendered into the prompt; larger schemas are refused with advice to pick tables."
-    )
+        1000, "Prompt budget in columns: a larger schema is cut to the tables the question needs (nl2sql/linking.py); "
+        "a question is refused only if even its best few tables exceed this.")
     row_limit: int = setting(1000, "Most rows a query returns; more sets Answer.truncated.")
     max_result_bytes: int = setting(
         50_000_000, "Most bytes of result data fetched for one query (about; text and blobs counted by length); "

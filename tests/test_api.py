@@ -53,17 +53,23 @@ def test_database_without_tables(tmp_path, fake_pipeline):
         fake_pipeline("SELECT 1").ask("Anything?", str(empty))
 
 
-def test_schema_too_wide_for_the_prompt(tmp_path, fake_pipeline, settings):
+def test_wide_schema_is_cut_to_the_prompt_budget_not_refused(tmp_path, settings):
+    """A table wider than NL2SQL_MAX_PROMPT_COLUMNS keeps its best-matching columns (nl2sql/linking.py)."""
     import sqlite3
     wide = tmp_path / "wide.sqlite"
     con = sqlite3.connect(wide)
     con.execute("CREATE TABLE t (" + ", ".join(f"c{i} INTEGER" for i in range(500)) + ")")
+    con.execute("INSERT INTO t (c1) VALUES (7)")
+    con.commit()
     con.close()
     from nl2sql.api import Pipeline
     from conftest import FakeGenerator
-    pipe = Pipeline(settings.replace(max_prompt_columns=300), generator=FakeGenerator(["SELECT c1 FROM t"]))
-    with pytest.raises(SchemaError, match="500 columns"):
-        pipe.ask("What is in c1?", str(wide))
+    model = FakeGenerator(["SELECT c1 FROM t"])
+    pipe = Pipeline(settings.replace(max_prompt_columns=300), generator=model)
+    a = pipe.ask("What is in c1?", str(wide))
+    assert a.ok and int(a.df.iloc[0, 0]) == 7
+    schema_line = next(line for line in model.prompts[0].splitlines() if line.startswith("t("))
+    assert "c1 number" in schema_line and schema_line.count(" number") <= 300
 
 
 def test_missing_model_path(settings):
