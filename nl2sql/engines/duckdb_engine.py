@@ -81,13 +81,15 @@ class DuckDBWarehouse(Warehouse):
             return self.conn.execute(sql).fetchall()
 
     def describe_tables(self):
+        """Tables of the current schema with columns, keys and comments: three catalog queries in all."""
         q = self._internal
-        tables = q("SELECT table_name, comment FROM duckdb_tables() WHERE NOT internal "
-                   "AND schema_name = current_schema() ORDER BY table_name")
-        cols = q("SELECT table_name, column_name, data_type, comment FROM duckdb_columns() "
-                 "WHERE NOT internal AND schema_name = current_schema() ORDER BY table_name, column_index")
-        cons = q("SELECT table_name, constraint_type, constraint_column_names, referenced_table, "
-                 "referenced_column_names FROM duckdb_constraints() WHERE schema_name = current_schema()")
+        here = "database_name = current_database() AND schema_name = current_schema()"
+        tables = q(f"SELECT table_name, comment FROM duckdb_tables() WHERE NOT internal AND {here} ORDER BY table_name")
+        cols = q(f"SELECT table_name, column_name, data_type, comment FROM duckdb_columns() "
+                 f"WHERE NOT internal AND {here} ORDER BY table_name, column_index")
+        cons = q(f"SELECT table_name, constraint_type, constraint_column_names, referenced_table, "
+                 f"referenced_column_names FROM duckdb_constraints() WHERE {here} "
+                 f"ORDER BY table_name, constraint_index")
         pks, fks = {}, {}
         for t, kind, ccols, rt, rcols in cons:
             if kind == "PRIMARY KEY":

@@ -60,25 +60,44 @@ class SQLAlchemyWarehouse(Warehouse):
             self._worker = sqlite_engine.worker_for(db, settings)
 
     def describe_tables(self):
+        """Tables of the default schema with columns, keys and comments: one catalog read per kind.
+
+        SQLAlchemy's multi-table reflection is one catalog query per kind on PostgreSQL (not one per table),
+        and one SHOW CREATE TABLE per table on MariaDB/MySQL (instead of one per kind and table). If a multi
+        read fails (a dialect without it, a table we may not read), the per-table reads run instead, which
+        leave an unreadable table out."""
+        import sqlalchemy as sa
+        insp = sa.inspect(self.engine)
+        try:
+            cols = insp.get_multi_columns()  # {(schema, table): [column dicts]}; schema None = the default one
+            pks = insp.get_multi_pk_constraint()
+            fks = insp.get_multi_foreign_keys()
+            try:
+                comments = insp.get_multi_table_comment()
+            except NotImplementedError:
+                comments = {}
+        except Exception:
+            return self._describe_tables_per_table()
+        return tuple(_table(key[1], cols[key], pks.get(key) or {}, fks.get(key) or (), comments.get(key) or {})
+                     for key in sorted(cols, key=lambda k: k[1]))
+
+    def _describe_tables_per_table(self):
+        """describe_tables() with four catalog reads per table (the fallback, and what tests compare with)."""
         import sqlalchemy as sa
         insp = sa.inspect(self.engine)
         out = []
         for t in sorted(insp.get_table_names()):
             try:
                 cols = insp.get_columns(t)
-                pk = set(insp.get_pk_constraint(t).get("constrained_columns") or ())
+                pk = insp.get_pk_constraint(t)
                 fks = insp.get_foreign_keys(t)
                 try:
-                    comment = (insp.get_table_comment(t) or {}).get("text") or ""
+                    comment = insp.get_table_comment(t)
                 except NotImplementedError:
-                    comment = ""
+                    comment = {}
             except Exception:  # a table we may not read is left out, not fatal
                 continue
-            out.append(Table(
-                t, tuple(Column(c["name"], str(c["type"]), c["name"] in pk, c.get("comment") or "") for c in cols),
-                comment,
-                tuple(ForeignKey(a, fk["referred_table"], b) for fk in fks
-                      for a, b in zip(fk["constrained_columns"], fk["referred_columns"]))))
+            out.append(_table(t, cols, pk, fks, comment))
         return tuple(out)
 
     def _list_tables(self):
@@ -159,6 +178,16 @@ class SQLAlchemyWarehouse(Warehouse):
         if self._worker is not None:
             self._worker.close()
         self.engine.dispose()
+
+
+def _table(name: str, cols, pk: dict, fks, comment: dict) -> Table:
+    """A Table from SQLAlchemy's reflection dicts (get_columns, get_pk_constraint, get_foreign_keys, get_table_comment)."""
+    keys = set(pk.get("constrained_columns") or ())
+    return Table(
+        name, tuple(Column(c["name"], str(c["type"]), c["name"] in keys, c.get("comment") or "") for c in cols),
+        (comment or {}).get("text") or "",
+        tuple(ForeignKey(a, fk["referred_table"], b) for fk in fks
+              for a, b in zip(fk["constrained_columns"], fk["referred_columns"])))
 
 
 def _scrub(text: str, url) -> str:
