@@ -7,8 +7,13 @@
 Builds the schema once (DuckDB: a file under --dir; PostgreSQL: the database nl2sql_scale on
 127.0.0.1:5432 as postgres, recreated), each table with a primary key, a foreign key to the previous table,
 a comment on every third column and 5 rows, then times, in a fresh warehouse each:
-`describe_tables()` (catalog reads) and `schema.introspect()` with the default 3 sample values per text column
-(one query per text column today). `--profile` prints where the time goes (cProfile, top 15 by cumulative time).
+- `describe_tables()`: the catalog reads (batched: a few queries in all on DuckDB and PostgreSQL);
+- on SQLAlchemy engines, the per-table catalog reads it replaced (four per table), and whether both agree;
+- `schema.introspect()` with the default sample values: over 150 columns it takes no samples up front;
+- `schema.with_samples()` for 20 tables (what the pipeline does for the tables schema linking keeps), and again
+  (memoised);
+- `introspect(..., eager_columns=None)`: samples for every text column up front (one query each; the old default).
+`--profile` prints where the time goes (cProfile, top 15 by cumulative time).
 The target (issue 10): 1,000 tables × 10 columns in ≤ 10 s.
 """
 from __future__ import annotations
@@ -132,12 +137,14 @@ def main(argv=None):
     ap.add_argument("--columns", type=int, default=10)
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "nl2sql-bench")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--skip-per-table", action="store_true", help="do not time the per-table catalog reads")
+    ap.add_argument("--skip-eager", action="store_true", help="do not time sampling every text column up front")
     ap.add_argument("--keep", action="store_true", help="leave the server databases nl2sql_scale in place")
     args = ap.parse_args(argv)
 
     from nl2sql.config import Settings
     from nl2sql.linking import SchemaIndex, clear_memory_cache
-    from nl2sql.schema import introspect
+    from nl2sql.schema import introspect, with_samples
     from nl2sql.warehouse import open_warehouse
     settings = Settings.from_env()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -153,10 +160,24 @@ def main(argv=None):
         wh = open_warehouse(db, settings)
         tables, _ = timed("describe_tables()", wh.describe_tables, args.profile)
         wh.close()
+        if hasattr(wh, "_describe_tables_per_table") and not args.skip_per_table:
+            wh = open_warehouse(db, settings)
+            per_table, _ = timed("  the per-table catalog reads (before)", wh._describe_tables_per_table, args.profile)
+            wh.close()
+            print(f"  {'  same result as describe_tables()':<44} {per_table == tables}")
+        n = settings.sample_values
         wh = open_warehouse(db, settings)
-        schema, _ = timed(f"introspect(sample_values={settings.sample_values})",
-                          lambda: introspect(wh, sample_values=settings.sample_values), args.profile)
+        schema, _ = timed(f"introspect(sample_values={n}) (lazy samples)",
+                          lambda: introspect(wh, sample_values=n), args.profile)
+        keep = [t.name for t in schema.tables[:: max(1, len(schema.tables) // 20)][:20]]
+        timed(f"with_samples() for {len(keep)} tables", lambda: with_samples(wh, schema, keep, n), args.profile)
+        timed(f"  again (memoised per warehouse)", lambda: with_samples(wh, schema, keep, n), False)
         wh.close()
+        if not args.skip_eager:
+            wh = open_warehouse(db, settings)
+            timed(f"introspect(sample_values={n}, eager_columns=None)", lambda: introspect(
+                wh, sample_values=n, eager_columns=None), args.profile)
+            wh.close()
         fks = sum(len(t.foreign_keys) for t in schema.tables)
         print(f"  read {len(schema.tables)} tables, {schema.column_count} columns, {fks} foreign keys, "
               f"{sum(1 for t in schema.tables for c in t.columns if c.comment)} column comments")

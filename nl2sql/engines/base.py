@@ -18,11 +18,8 @@ class Warehouse:
         raise NotImplementedError
 
     def sample_values(self, table: str, column: str, n: int) -> tuple[str, ...]:
-        sql = (exp.select(exp.column(column, quoted=True)).distinct()
-               .from_(exp.table_(table, quoted=True))
-               .where(exp.column(column, quoted=True).is_(exp.null()).not_())
-               .limit(n).sql(dialect=self.dialect))
-        cols, rows, _ = self.run(sql, row_limit=n, timeout=2.0)
+        """Up to n distinct non-empty values of one column (nl2sql's own query, for the prompt)."""
+        cols, rows, _ = self.run(sample_sql(self.dialect, table, column, n), row_limit=n, timeout=2.0)
         return tuple(str(r[0])[:60] for r in rows if r[0] is not None and str(r[0]).strip())
 
     def run(self, sql: str, *, row_limit: int, timeout: float,
@@ -53,6 +50,28 @@ class Warehouse:
 
     def close(self) -> None:
         pass
+
+
+_QUOTE = {"sqlite": '"', "duckdb": '"', "postgres": '"', "mysql": "`"}
+
+
+def sample_sql(dialect: str, table: str, column: str, n: int) -> str:
+    """The query behind sample_values. Written as text for the four engines nl2sql knows (building it with
+    sqlglot cost more than the query on a warm engine), through sqlglot for any other.
+
+    >>> sample_sql("mysql", "my`t", "c", 3)
+    'SELECT DISTINCT `c` FROM `my``t` WHERE `c` IS NOT NULL LIMIT 3'
+    >>> sample_sql("tsql", "t", "c", 3)
+    'SELECT DISTINCT TOP 3 [c] FROM [t] WHERE NOT [c] IS NULL'
+    """
+    q = _QUOTE.get(dialect)
+    if q is None:
+        return (exp.select(exp.column(column, quoted=True)).distinct()
+                .from_(exp.table_(table, quoted=True))
+                .where(exp.column(column, quoted=True).is_(exp.null()).not_())
+                .limit(n).sql(dialect=dialect))
+    col, tab = (q + name.replace(q, q + q) + q for name in (column, table))
+    return f"SELECT DISTINCT {col} FROM {tab} WHERE {col} IS NOT NULL LIMIT {int(n)}"
 
 
 def memory_bytes(text: str) -> int:
