@@ -6,7 +6,8 @@ carry that binding. The decoder (nl2sql/generate.py) asks `Binder.check` about e
 style, and either drops the token or backtracks to the start of the construct the check blames:
 
   - after FROM, a qualifier must be a declared alias or table of this query or an enclosing one, and the
-    column after it must be (a prefix of) a column of that table; a bare column must belong to a table in scope;
+    column after it must be (a prefix of) a column of that table; a bare column must belong to exactly one
+    table in scope (two would make it ambiguous);
   - before FROM (the SELECT list), references wait; each FROM source, once complete, must have every column
     the SELECT list asked of its alias — otherwise the check blames the source's table, and the decoder
     takes another one; at the end of FROM every waiting reference must resolve.
@@ -305,8 +306,9 @@ class Binder:
         if qualifier is not None:
             table = self._lookup(qualifier, scopes)
             return table is None or (table is not False and column in self.columns[table.name.lower()])
-        for scope in reversed(scopes):
-            for s in scope.sources:
-                if s.table is None or column in self.columns[s.table.name.lower()]:
-                    return True
+        for scope in reversed(scopes):  # the innermost scope that has the column decides
+            owners = [s for s in scope.sources if s.table is None or column in self.columns[s.table.name.lower()]]
+            if owners:
+                # two tables of this scope have it: the engine would refuse it as ambiguous
+                return len(owners) == 1 or any(s.table is None for s in owners)
         return False

@@ -394,15 +394,18 @@ class ScriptedGenerator:
         return "".join(chr(i) for i in ids)
 
     def generate(self, prompt, grammar, max_new_tokens, prefix=None, forced=(), binder=None) -> Generation:
-        self.prompts.append(prompt)
-        self.grammars.append(grammar)
-        text = self.outputs.pop(0)
-        n = len(text)  # one "token" per character; no runner-ups, so repair has nothing to branch on
-        return Generation(text, n, 0.0, grammar is not None, [ord(c) for c in text], [float("inf")] * n, [-1] * n)
+        return self.candidates(prompt, grammar, max_new_tokens, prefix=prefix, forced=forced, binder=binder)[0]
 
     def candidates(self, prompt, grammar, max_new_tokens, *, prefix=None, n=1, binder=None, seed=0,
                    temperature=0.7, forced=()) -> list[Generation]:
-        return [self.generate(prompt, grammar, max_new_tokens, prefix=prefix, forced=forced, binder=binder)]
+        """The next queued output: a string (one candidate) or a list of (sql, log-probability) pairs."""
+        self.prompts.append(prompt)
+        self.grammars.append(grammar)
+        out = self.outputs.pop(0)
+        pairs = [(out, 0.0)] if isinstance(out, str) else list(out)
+        # one "token" per character; no runner-ups, so repair has nothing to branch on
+        return [Generation(text, len(text), 0.0, grammar is not None, [ord(c) for c in text],
+                           [float("inf")] * len(text), [-1] * len(text), logprob=lp) for text, lp in pairs]
 
 
 def _load_sql_vocab(tokenizer) -> list[int] | None:

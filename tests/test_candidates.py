@@ -1,0 +1,65 @@
+"""Execution voting over candidates, and literals snapped to the database's spelling, on real engines.
+
+The model is scripted (a list of candidates per question); validation, the guarded executor and the engines
+are real (the singer database of tests/conftest.py on SQLite, DuckDB, PostgreSQL and MariaDB)."""
+import pytest
+
+from nl2sql.api import Pipeline
+from nl2sql.generate import ScriptedGenerator
+
+FRANCE = "SELECT name FROM singer WHERE country = 'France'"
+NOBODY = "SELECT name FROM singer WHERE country = 'Atlantis'"
+
+
+def _pipe(settings, *outputs, **changes):
+    return Pipeline(settings.replace(**changes), generator=ScriptedGenerator(outputs))
+
+
+def test_the_result_most_candidates_agree_on_wins(settings, any_db):
+    # two spellings of the same query agree; the likelier single candidate loses to them
+    a = _pipe(settings, [(NOBODY, -0.1), (FRANCE, -0.5), (FRANCE.replace("name", "Name"), -0.7)],
+              candidates=3).ask("Which singers are from France?", any_db)
+    assert a.ok and a.agreement == 2 and a.candidates == 3
+    assert "France" in a.sql and len(a.df) > 0
+
+
+def test_invalid_candidates_do_not_vote_and_ties_go_to_the_likelier(settings, any_db):
+    a = _pipe(settings, [("SELECT salary FROM singer", -0.1), (FRANCE, -0.9),
+                         ("SELECT name FROM singer WHERE age > 100", -0.2)], candidates=3).ask("Who?", any_db)
+    # the valid non-empty result beats the empty one although the empty one is likelier
+    assert a.ok and a.agreement == 1 and "France" in a.sql
+
+
+def test_all_candidates_invalid_is_a_clear_error(settings, any_db):
+    a = _pipe(settings, [("SELECT salary FROM singer", -0.1), ("SELECT wage FROM singer", -0.2)],
+              candidates=2, repair_attempts=1).ask("What do singers earn?", any_db)
+    assert not a.ok and a.agreement == 0 and a.df is None
+    assert "salary" in a.error or "wage" in a.error
+
+
+def test_a_candidate_that_times_out_loses_but_others_still_vote(settings, sqlite_db):
+    slow = ("SELECT COUNT(*) FROM singer AS a, singer AS b, singer AS c, singer AS d, singer AS e, singer AS f, "
+            "singer AS g, singer AS h, singer AS i, singer AS j WHERE a.name LIKE '%' || b.name || '%'")
+    a = _pipe(settings, [(slow, -0.1), ("SELECT COUNT(*) FROM singer", -0.4)], candidates=2,
+              statement_timeout=0.5).ask("How many singers?", str(sqlite_db))
+    assert a.ok and int(a.df.iloc[0, 0]) == 6
+
+
+def test_without_execution_candidates_agree_by_sql(settings, sqlite_db):
+    a = _pipe(settings, [(NOBODY, -0.1), (FRANCE, -0.5), (FRANCE, -0.6)], candidates=3).ask(
+        "Which singers are from France?", str(sqlite_db), execute=False)
+    assert a.ok and a.df is None and a.agreement == 2 and "France" in a.sql
+
+
+@pytest.mark.parametrize("written", ["france", "FRANCE", "Francee"])
+def test_literals_take_the_databases_spelling(settings, any_db, written):
+    a = _pipe(settings, f"SELECT name FROM singer WHERE country = '{written}'").ask("Singers from France?", any_db)
+    assert a.ok and "'France'" in a.sql and len(a.df) > 0
+
+
+def test_literals_unlike_any_value_are_left_alone(settings, any_db):
+    a = _pipe(settings, NOBODY).ask("Singers from Atlantis?", any_db)
+    assert a.ok and "'Atlantis'" in a.sql and len(a.df) == 0
+    off = _pipe(settings, "SELECT name FROM singer WHERE country = 'france'", snap_literals=False)
+    a = off.ask("Singers from France?", any_db)
+    assert "'france'" in a.sql
