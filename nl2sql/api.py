@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from . import executor as execute_mod
 from .config import Settings
-from .errors import InputError, ModelError, Nl2SqlError, SchemaError
+from .errors import InputError, ModelError, Nl2SqlError, SchemaError, ValidationError
 from .prompt import build_prompt, render_schema
 from .schema import Schema, introspect
 
@@ -217,6 +217,9 @@ class Pipeline:
                 checked = validate(generation.text, schema, max_chars=self.settings.max_sql_chars,
                                    settings=self.settings)
                 out.sql = checked.sql
+                if not _reads_a_table(out.sql, schema.dialect):
+                    raise ValidationError("The SQL reads no table, so it cannot answer a question about the data.",
+                                          hint="Rephrase the question to name what to count, list or compare.")
                 if q.index is not None and self.settings.snap_literals:
                     from .values import snap_literals
                     out.sql = snap_literals(out.sql, schema.dialect, q.index, schema)
@@ -287,6 +290,15 @@ def _plain(v):
     if isinstance(v, float):
         return round(v, 6)
     return v if isinstance(v, (int, str, type(None))) else str(v)
+
+
+def _reads_a_table(sql: str, dialect: str) -> bool:
+    import sqlglot
+    from sqlglot import exp
+    try:
+        return sqlglot.parse_one(sql, read=dialect).find(exp.Table) is not None
+    except sqlglot.errors.SqlglotError:
+        return True  # validate() parsed it already; let the engine have the last word
 
 
 def _seed(question: str) -> int:

@@ -63,3 +63,8 @@ def test_literals_unlike_any_value_are_left_alone(settings, any_db):
     off = _pipe(settings, "SELECT name FROM singer WHERE country = 'france'", snap_literals=False)
     a = off.ask("Singers from France?", any_db)
     assert "'france'" in a.sql
+
+
+def test_sql_that_reads_no_table_is_no_answer(settings, sqlite_db):
+    a = _pipe(settings, "SELECT COUNT(*)", constrained=False).ask("How many singers?", str(sqlite_db))
+    assert not a.ok and "reads no table" in a.error and a.df is None
