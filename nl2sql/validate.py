@@ -125,7 +125,8 @@ ALLOWED_FUNCTION_NAMES = {
         "to_days", "to_months", "to_years", "to_hours", "to_minutes", "to_seconds", "last_day", "fsum",
         "favg", "product", "histogram", "entropy", "mad", "arbitrary", "geomean", "geometric_mean", "bit_count",
         "ifnull", "nullif", "instr", "substr", "gcd", "lcm", "even", "factorial_", "date_trunc", "datetrunc",
-        "time_bucket", "make_timestamptz", "current_localtimestamp", "today"}),
+        "time_bucket", "make_timestamptz", "current_localtimestamp", "today",
+        "arg_max_null", "arg_min_null"}),  # what aggregate_bare_columns writes
     "postgres": frozenset(_COMMON_NAMES | {
         "age", "date_trunc", "justify_days", "justify_hours", "justify_interval", "to_char", "to_number",
         "clock_timestamp", "statement_timestamp", "transaction_timestamp", "isfinite", "date_bin", "width_bucket",
@@ -443,14 +444,155 @@ def validate(sql: str, schema: Schema, *, dialect: str | None = None, read: str 
     tables = _check_names(tree, schema)
     target = dialect or schema.dialect
     _canonicalise_names(tree, schema, target)
+    runs = tree
+    if read == "sqlite" and target in ("duckdb", "postgres"):
+        runs = tree.copy()
+        aggregate_bare_columns(runs, target, schema)
     try:
-        out = tree.sql(dialect=target)
+        out = runs.sql(dialect=target)
     except SqlglotError as e:
         raise ValidationError(f"The SQL cannot be written for {target}: {_first_line(e)}",
                               hint="Rephrase the question.") from None
     # Transpiling may rename or retype functions: the output, as it will run, is checked again.
     check_text_that_runs(out, target, FunctionPolicy.from_settings(target, settings))
     return ValidatedSQL(out, tree, tables)
+
+
+# --- SQLite's bare columns in grouped queries, for engines that refuse them -------------------------------
+# SQLite lets a grouped query (GROUP BY, or an aggregate) select, order or filter by a column that it neither
+# groups by nor aggregates: the value comes from one row of the group; when the query has exactly one min() or
+# max() aggregate, from the row holding that minimum or maximum. DuckDB and PostgreSQL refuse such a column
+# ("must appear in the GROUP BY clause"), so it is wrapped in an aggregate that gives SQLite's value.
+
+# Aggregates sqlglot does not type (exp.Anonymous), by name: SQLite's total() and the engines' own.
+_ANONYMOUS_AGGREGATES = {"total", "string_agg", "bool_and", "bool_or", "every", "stddev_pop", "stddev_samp",
+                         "var_pop", "var_samp", "arg_max_null", "arg_min_null"}
+# PostgreSQL types that min() orders (before 16 there is no any_value(); min(boolean) or min(json) do not exist)
+_PG_MIN_TYPES = re.compile(r"INT|CHAR|TEXT|NUM|DEC|REAL|FLOAT|DOUBLE|DATE|TIME|INTERVAL|MONEY|SERIAL|CLOB",
+                           re.IGNORECASE)
+_SCOPES = (exp.Select, exp.Subquery, exp.SetOperation)
+
+
+def _is_aggregate(node: exp.Expression) -> bool:
+    if isinstance(node.parent, exp.Window) and node.arg_key == "this":
+        return False  # sum(x) OVER (...) is a window function, not an aggregate of the group
+    if isinstance(node, exp.AggFunc):
+        return True
+    return isinstance(node, exp.Anonymous) and fold(node.name) in _ANONYMOUS_AGGREGATES
+
+
+def _scope_walk(root: exp.Expression, stop) -> list[exp.Expression]:
+    """Nodes under `root` in this query's scope (not inside subqueries); `stop(node)` true: the node is
+    listed but not entered."""
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if node is not root and isinstance(node, _SCOPES):
+            continue
+        out.append(node)
+        if not stop(node):
+            stack.extend(reversed(list(node.iter_expressions())))
+    return out
+
+
+def aggregate_bare_columns(tree: exp.Expression, dialect: str, schema: Schema) -> None:
+    """Wrap SQLite-style bare columns of every grouped SELECT in `tree` (in place) for `dialect`:
+    ANY_VALUE(c) on DuckDB and MIN(c) on PostgreSQL (any_value() is PostgreSQL 16+); with exactly one
+    min(x)/max(x) aggregate, the value on that row: ARG_MIN_NULL/ARG_MAX_NULL(c, x) on DuckDB,
+    (ARRAY_AGG(c ORDER BY x [DESC] NULLS LAST))[1] on PostgreSQL.
+
+    >>> from sqlglot import parse_one
+    >>> from nl2sql.schema import Schema, Table, Column
+    >>> s = Schema("x", "duckdb", (Table("t", (Column("a", "TEXT"), Column("b", "INTEGER"), Column("c", "TEXT"))),))
+    >>> q = parse_one("SELECT a, c, count(*) FROM t GROUP BY a ORDER BY c", read="sqlite")
+    >>> aggregate_bare_columns(q, "duckdb", s); q.sql("duckdb")
+    'SELECT a, ANY_VALUE(c) AS c, COUNT(*) FROM t GROUP BY a ORDER BY ANY_VALUE(c) NULLS FIRST'
+    >>> q = parse_one("SELECT c, max(b) FROM t", read="sqlite")
+    >>> aggregate_bare_columns(q, "postgres", s); q.sql("postgres")
+    'SELECT (ARRAY_AGG(c ORDER BY b DESC NULLS LAST))[1] AS c, MAX(b) FROM t'
+    """
+    types: dict[str, set] = {}
+    for t in schema.tables:
+        for c in t.columns:
+            types.setdefault(c.name.lower(), set()).add(c.type or "")
+    for select in list(tree.find_all(exp.Select)):
+        _aggregate_bare_columns_of(select, dialect, types)
+
+
+def _aggregate_bare_columns_of(select: exp.Select, dialect: str, types: dict) -> None:
+    items = list(select.expressions)
+    if any(isinstance(i, exp.Star) or (isinstance(i, exp.Column) and isinstance(i.this, exp.Star)) for i in items):
+        return  # SELECT * of a grouped query: SQLite's own business
+    group = select.args.get("group")
+    having = select.args.get("having")
+    order = select.args.get("order")
+    roots = [i.this if isinstance(i, exp.Alias) else i for i in items]
+    late = ([having.this] if having else []) + ([o.this for o in order.expressions] if order else [])
+    aggregates = [n for r in roots + late for n in _scope_walk(r, _is_aggregate) if _is_aggregate(n)]
+    if not group and not aggregates:
+        return
+    aliases = {i.alias.lower() for i in items if isinstance(i, exp.Alias)}
+    key_sql, key_cols, key_names = set(), set(), set()
+    for g in (group.expressions if group else ()):
+        if isinstance(g, exp.Literal) and not g.is_string and g.this.isdigit() and 0 < int(g.this) <= len(roots):
+            g = roots[int(g.this) - 1]  # GROUP BY 2
+        elif isinstance(g, exp.Column) and not g.table and g.name.lower() in aliases:
+            g = next(i.this for i in items if isinstance(i, exp.Alias) and i.alias.lower() == g.name.lower())
+        key_sql.add(g.sql().lower())
+        if isinstance(g, exp.Column):
+            key_cols.add((g.table.lower(), g.name.lower()))
+            key_names.add(g.name.lower())
+    sources = {s.alias_or_name.lower() for s in select.find_all(exp.Table, exp.Subquery)
+               if s.parent_select is select}
+
+    def grouped(node) -> bool:
+        if _is_aggregate(node) or (key_sql and node.sql().lower() in key_sql):
+            return True
+        if isinstance(node, exp.Column):
+            name = node.name.lower()
+            return ((node.table.lower(), name) in key_cols or ("", name) in key_cols
+                    or (not node.table and name in key_names))
+        return False
+
+    bare = []
+    for root, alias_ok in [(r, False) for r in roots] + [(r, True) for r in late]:
+        for node in _scope_walk(root, grouped):
+            if not isinstance(node, exp.Column) or grouped(node) or isinstance(node.this, exp.Star):
+                continue
+            if alias_ok and not node.table and node.name.lower() in aliases:
+                continue  # ORDER BY / HAVING naming a result column
+            if node.table and node.table.lower() not in sources:
+                continue  # a column of an outer query (correlated subquery): one value per group already
+            bare.append(node)
+    if not bare:
+        return
+    extremes = {a.sql().lower(): a for a in aggregates if isinstance(a, (exp.Min, exp.Max)) and not a.expressions}
+    only = next(iter(extremes.values())) if len(extremes) == 1 else None
+    for col in bare:
+        wrapped = _value_of_group(col.copy(), only, dialect, types)
+        if col.parent is select and col.arg_key == "expressions":  # keep the result column's name
+            wrapped = exp.alias_(wrapped, exp.to_identifier(col.name, quoted=col.this.quoted))
+        col.replace(wrapped)
+
+
+def _value_of_group(col: exp.Column, extreme, dialect: str, types: dict) -> exp.Expression:
+    """The aggregate that gives SQLite's value of a bare column (see aggregate_bare_columns)."""
+    if extreme is not None:
+        by = extreme.this.expressions[0] if isinstance(extreme.this, exp.Distinct) else extreme.this  # max(DISTINCT x)
+        is_max = isinstance(extreme, exp.Max)
+        if dialect == "duckdb":
+            return exp.Anonymous(this="ARG_MAX_NULL" if is_max else "ARG_MIN_NULL", expressions=[col, by.copy()])
+        ordered = exp.Ordered(this=by.copy(), desc=is_max, nulls_first=False)
+        return _first_of(exp.ArrayAgg(this=exp.Order(this=col, expressions=[ordered])))
+    if dialect == "duckdb":
+        return exp.AnyValue(this=col)
+    if all(_PG_MIN_TYPES.search(t or "") for t in types.get(col.name.lower(), {""})):
+        return exp.Min(this=col)
+    return _first_of(exp.ArrayAgg(this=col))  # booleans, json, uuid, ...: any element is SQLite's any row
+
+
+def _first_of(array: exp.Expression) -> exp.Expression:
+    return exp.Bracket(this=exp.Paren(this=array), expressions=[exp.Literal.number(0)])  # [1] as written
 
 
 def check_text_that_runs(sql: str, dialect: str, functions: FunctionPolicy, tables: "TablePolicy | None" = None,
