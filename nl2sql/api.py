@@ -137,13 +137,14 @@ class Pipeline:
             self._generator = SqlGenerator(load(self.settings), sql_vocab_head=self.settings.sql_vocab_head)
         return self._generator
 
-    def link(self, schema: Schema, question: str):
+    def link(self, schema: Schema, question: str, value_hints=()):
         """The part of `schema` this question needs (nl2sql/linking.py); small schemas pass through whole."""
         from .linking import SchemaIndex
         key = id(schema)
         if key not in self._link_indexes:
             self._link_indexes[key] = (schema, SchemaIndex.build(schema, self.settings))
-        linked = self._link_indexes[key][1].prune(question, max_prompt_columns=self.settings.max_prompt_columns)
+        linked = self._link_indexes[key][1].prune(question, max_prompt_columns=self.settings.max_prompt_columns,
+                                                  value_hints=value_hints)
         if linked.schema.column_count > self.settings.max_prompt_columns:
             raise SchemaError(f"Even the best-matching tables for this question have {linked.schema.column_count} "
                               f"columns, more than the prompt budget ({self.settings.max_prompt_columns}).",
@@ -158,15 +159,17 @@ class Pipeline:
         question = check_question(question, self.settings)
         with timer("schema"):
             full = self.schema(db)
-        with timer("link"):
-            linked = self.link(full, question)
+        index, value_hints = None, ()
+        if self.settings.value_hints or self.settings.snap_literals:
+            from .values import link_values
+            with timer("values"):
+                index = self.values(db, full)
+                value_hints = link_values(question, index)
+        with timer("link"):  # a table holding a value the question mentions counts as named by it
+            linked = self.link(full, question, value_hints)
         gen = self.generator
         answer = Answer(question, model=gen.model_name, adapter=gen.adapter_name, db=full.name,
                         candidates=max(1, self.settings.candidates))
-        index = None
-        if self.settings.value_hints or self.settings.snap_literals:
-            with timer("values"):
-                index = self.values(db, full)
         q = _Question(question, db, execute, list(examples), index, timer, answer)
         best = self._solve(q, linked.schema)
         if best.error is not None and linked.pruned:  # the model reached outside the subset: widen once
@@ -183,6 +186,10 @@ class Pipeline:
     def _solve(self, q: "_Question", schema: Schema) -> _Outcome:
         """Decode N candidates over `schema`, take each through validate -> execute, vote; repair if none is
         valid. Fills q.answer and returns the winning (or last failed) outcome."""
+        if self.settings.sample_values > 0:  # a large schema is introspected without samples: add the kept tables'
+            from .schema import with_samples
+            with q.timer("schema"):
+                schema = with_samples(self.warehouse(q.db), schema, None, self.settings.sample_values)
         hints = ""
         if self.settings.value_hints:
             from .values import format_hints, link_values
