@@ -8,9 +8,15 @@ laptop CPU that `model.generate` cannot do:
      over a given schema uses a few thousand of them, so logits are computed for the SQL vocabulary
      (tokens seen in training SQL, every single-character token, and every token of this prompt) and the
      full layer is used only when the grammar allows none of those.
-Constraint: outlines' llguidance logits processor masks, at every step, the tokens that cannot continue
-valid SQL over this schema. This module is the only one that knows how text is produced, so another
-backend (e.g. an OpenAI-compatible server with guided decoding) can slot in behind `SqlGenerator.generate`.
+Candidates: N rows decode as one batch over one copy of the prompt's cache (row 0 greedy, the others sampled);
+on 2 cores a step of 4 rows costs about what a step of 1 does, because reading the weights dominates.
+Constraint, per row: an llguidance matcher (over outlines' view of the tokenizer) masks the tokens that cannot
+continue valid SQL over this schema, and nl2sql/binding.py vets the best allowed tokens for scope; when it
+blames an earlier construct (a FROM table that lacks a column the SELECT list used), the row backtracks: its
+matcher rolls back, its cache positions are masked out, and the token it had chosen there is banned.
+A grammar error or a cut-off is that candidate's error, never a truncated answer.
+This module is the only one that knows how text is produced, so another backend (e.g. an OpenAI-compatible
+server with guided decoding) can slot in behind the same protocol (`candidates`, `generate`, `decode`).
 """
 from __future__ import annotations
 
@@ -250,7 +256,6 @@ class SqlGenerator:
 
     def _masked(self, logits, ids, r, bitmask, i):
         """Logits (over `ids`, or the whole vocabulary) with what the grammar and the row's bans forbid at -inf."""
-        import torch
         scores = logits.clone()
         if r.matcher is not None:
             if ids is None:
