@@ -61,6 +61,10 @@ class BranchingModel(ScriptedGenerator):
         text = decode(forced) + RIGHT[len(forced):]
         return generation(text, {})
 
+    def candidates(self, prompt, grammar, max_new_tokens, *, prefix=None, n=1, binder=None, seed=0,
+                   temperature=0.7, forced=()):
+        return [self.generate(prompt, grammar, max_new_tokens, prefix=prefix, forced=forced, binder=binder)]
+
 
 def _pipeline(settings, attempts):
     from nl2sql.api import Pipeline
