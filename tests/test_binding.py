@@ -301,6 +301,37 @@ def test_extract_date_part_is_not_a_column(sql):
     assert first_rejected_prefix(B, sql) is None
 
 
+@pytest.mark.xfail(strict=True, reason="a table known by an alias is known by that alias only (SQLite, PostgreSQL, "
+                                       "MySQL and DuckDB refuse `student.age` after `FROM student AS T1`); today "
+                                       "the whole query passes while its prefix is refused")
+@pytest.mark.parametrize("sql,blamed", [
+    ("SELECT name FROM student AS T1 WHERE student.age > 1", "student.age"),
+    ("SELECT student.name FROM student AS T1", "student.name"),
+])
+def test_an_aliased_table_is_known_by_its_alias_only(sql, blamed):
+    assert B.check(sql, final=True) == at(sql, blamed)
+
+
+def test_an_unaliased_table_is_known_by_its_name():
+    assert B.check("SELECT student.name FROM student WHERE student.age > 1", final=True) is None
+
+
+@pytest.mark.xfail(strict=True, reason="the ORDER BY of a compound query may name the output columns of its first "
+                                       "SELECT (SQLite); the binder looks them up in the last SELECT's tables")
+@pytest.mark.parametrize("sql", [
+    "SELECT sex FROM student UNION SELECT pettype FROM pets ORDER BY sex",
+    "SELECT T1.sex FROM student AS T1 EXCEPT SELECT pettype FROM pets ORDER BY sex",
+])
+def test_order_by_of_a_compound_query_names_its_output(sql):
+    assert B.check(sql, final=True) is None
+    assert first_rejected_prefix(B, sql) is None
+
+
+def test_order_by_of_a_compound_query_still_refuses_other_names():
+    sql = "SELECT sex FROM student UNION SELECT pettype FROM pets ORDER BY name"
+    assert B.check(sql, final=True) == at(sql, "name")
+
+
 # --- (d) every Spider schema, and a wide synthetic one ---------------------------------------------------------
 
 def generic_cases(schema: Schema):
