@@ -66,7 +66,7 @@ def mask_cases(schema: Schema) -> list[tuple[str, str]]:
         ("SELECT DISTINCT ", f"{c} FROM {t}"),
         (f"SELECT {c} FROM {t} WHERE ", f"{c2} = 1"),
         (f"SELECT T1.{c} FROM {t} AS T1 WHERE T1.", f"{c2} = 'x'"),
-        (f"SELECT T1.", f"{c} FROM {t} AS T1"),
+        ("SELECT T1.", f"{c} FROM {t} AS T1"),
         (f"SELECT T1.{c} FROM {t} AS T1 JOIN ", f"{u} AS T2 ON T1.{c} = T2.{d}"),
         (f"SELECT T1.{c} FROM {t} AS T1 JOIN {u} AS T2 ON T2.", f"{d} = T1.{c}"),
         (f"SELECT {c} FROM {t} WHERE {c2} IN (SELECT ", f"{d} FROM {u})"),
