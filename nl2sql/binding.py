@@ -89,6 +89,9 @@ class _Scope:
     pending: list = field(default_factory=list)
     out_aliases: set = field(default_factory=set)
     expect: str = ""           # inside FROM: "table", "alias?" (after a table), "alias" (after AS)
+    outputs: set = field(default_factory=set)   # names of the SELECT list's columns (a compound's ORDER BY)
+    compound: set = field(default_factory=set)  # output names of the earlier SELECTs of a set operation
+    natural: bool = False      # a NATURAL JOIN merges the columns its tables share: not ambiguous
 
 
 class _Violation(Exception):
@@ -141,11 +144,16 @@ class Binder:
                         scopes[-1].expect = "alias?"
                 depth -= 1
                 continue
+            if prev is not None and prev.text == "." and tok.kind == "ident":
+                continue  # the column of a qualified name (T1.order_id, T1.group_id): checked with its qualifier
             if tok.kind == "ident" and low == "select":
+                earlier = set()
                 if scopes and scopes[-1].depth == depth and scopes[-1].phase != "select":
-                    self._close(scopes.pop(), scopes)  # a set operation's next SELECT
+                    done = scopes.pop()
+                    earlier = done.compound | done.outputs | done.out_aliases
+                    self._close(done, scopes)  # a set operation's next SELECT
                 if not scopes or scopes[-1].depth != depth:
-                    scopes.append(_Scope(depth))
+                    scopes.append(_Scope(depth, compound=earlier))
                 continue
             if not scopes:
                 continue
@@ -195,6 +203,7 @@ class Binder:
                 scope.expect = ""
             return True
         if tok.kind == "punct" and tok.text == "," or tok.kind == "ident" and low in _JOIN_WORDS:
+            scope.natural = scope.natural or low == "natural"
             if scope.expect == "alias?":
                 self._bind_source(scope, scope.sources[-1])
             scope.expect = "table" if (tok.text == "," or low == "join") else scope.expect
@@ -224,7 +233,7 @@ class Binder:
             self._bind_source(scope, scope.sources[-1])
         scope.phase, scope.expect = "body", ""
         for ref in scope.pending:
-            if not self._resolves(ref.qualifier, ref.column, scopes):
+            if not self._resolves(ref.qualifier, ref.column, scopes) and not self._defer(scopes, ref):
                 real = [s for s in scope.sources if s.table is not None]
                 if ref.qualifier is None and len(scope.sources) == 1 and real:
                     raise _Violation(real[0].start)   # one table that lacks the column: take another table
@@ -242,6 +251,8 @@ class Binder:
             return  # a function name
         if prev is not None and prev.text == ".":
             return  # the column part of a qualified name: handled with its qualifier
+        if prev is not None and prev.text == "(" and i >= 2 and toks[i - 2].low == "extract":
+            return  # extract(YEAR FROM x): a date part, not a column
         if prev is not None and prev.kind == "ident" and prev.low == "as":
             scope.out_aliases.add(_unquote(tok.text).lower())
             return
@@ -264,16 +275,24 @@ class Binder:
             return  # "COUNT " may still be followed by "("
         if scope.phase == "select":
             scope.pending.append(_Ref(None, name, tok.start))
-        elif not self._resolves(None, name, scopes) and name not in scope.out_aliases:
+            scope.outputs.add(name)
+        elif not self._resolves(None, name, scopes) and name not in scope.out_aliases | scope.compound and \
+                not self._defer(scopes, _Ref(None, name, tok.start)):
             raise _Violation(tok.start)
 
     def _qualified(self, qualifier, start, col_tok, col_complete, scope, scopes) -> None:
         if scope.phase == "select":
             if col_tok is not None and col_tok.text != "*" and col_complete:
                 scope.pending.append(_Ref(qualifier, _unquote(col_tok.text).lower(), start))
+                scope.outputs.add(_unquote(col_tok.text).lower())
             return
         table = self._lookup(qualifier, scopes)
         if table is False:
+            if col_tok is not None and col_tok.text != "*" and col_complete:
+                if self._defer(scopes, _Ref(qualifier, _unquote(col_tok.text).lower(), start)):
+                    return
+            elif self._outer_select(scopes):
+                return
             raise _Violation(start)   # no such alias or table in scope
         if table is None or col_tok is None or col_tok.text == "*":
             return
@@ -284,7 +303,10 @@ class Binder:
             raise _Violation(col_tok.start)
 
     def _could_become(self, prefix: str, scope, scopes) -> bool:
-        if any(w.startswith(prefix) for w in _WORDS) or any(a.startswith(prefix) for a in scope.out_aliases):
+        if self._outer_select(scopes):
+            return True  # it may name a source of an enclosing query's FROM, still to come
+        if any(w.startswith(prefix) for w in _WORDS) or any(a.startswith(prefix) for a in
+                                                              scope.out_aliases | scope.compound):
             return True
         for sc in scopes:
             for s in sc.sources:
@@ -294,11 +316,25 @@ class Binder:
                     return True
         return False
 
+    @staticmethod
+    def _outer_select(scopes):
+        """The innermost enclosing query still in its SELECT list (its FROM is still to come), or None."""
+        return next((sc for sc in reversed(scopes[:-1]) if sc.phase == "select"), None)
+
+    def _defer(self, scopes, ref: _Ref) -> bool:
+        """A name that this query's scopes lack may belong to an enclosing query whose FROM is still to come
+        (a correlated subquery in its SELECT list): that query checks it when its FROM ends."""
+        outer = self._outer_select(scopes)
+        if outer is not None:
+            outer.pending.append(ref)
+        return outer is not None
+
     def _lookup(self, qualifier: str, scopes):
         """The table a qualifier stands for: a Table, None (a source of unknown columns), or False (none)."""
         for scope in reversed(scopes):
             for s in scope.sources:
-                if s.alias == qualifier or (s.table is not None and s.table.name.lower() == qualifier):
+                if s.alias == qualifier or (s.alias is None and s.table is not None
+                                            and s.table.name.lower() == qualifier):
                     return s.table
         return False
 
@@ -310,5 +346,5 @@ class Binder:
             owners = [s for s in scope.sources if s.table is None or column in self.columns[s.table.name.lower()]]
             if owners:
                 # two tables of this scope have it: the engine would refuse it as ambiguous
-                return len(owners) == 1 or any(s.table is None for s in owners)
+                return len(owners) == 1 or any(s.table is None for s in owners) or scope.natural
         return False

@@ -30,9 +30,19 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u2028-\u202
                       r"\ufff9-\ufffb\U000e0000-\U000e007f]+")
 
 
+# Words that parse as SQL, not as a name, on at least one engine nl2sql serves (SQLite takes `End` bare,
+# PostgreSQL does not): a table or column so named is written quoted, in the prompt and in the grammar.
+RESERVED_WORDS = frozenset("""
+select from where group by having order limit offset join left right full inner cross natural outer on as and or
+not in is null like glob between exists union intersect except all distinct case when then else end cast asc desc
+with true false current_date current_timestamp table
+""".split())
+
+
 def is_plain_name(name: str) -> bool:
-    """Whether a name can be written bare (letters, digits, underscores, not starting with a digit)."""
-    return bool(_SAFE_NAME.match(name))
+    """Whether a name can be written bare (letters, digits, underscores, not starting with a digit, not an SQL
+    keyword)."""
+    return bool(_SAFE_NAME.match(name)) and name.lower() not in RESERVED_WORDS
 
 
 def double_quoted(name: str) -> str:

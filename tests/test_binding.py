@@ -60,13 +60,7 @@ KNOWN_BAD_GOLD = {
     "T2.maintenance_contract_company_id JOIN Ref_Company_Types AS T3 ON T1.company_type_code  =  "
     "T3.company_type_code ORDER BY T2.contract_end_date DESC LIMIT 1",
 }
-# Gold queries the binder refuses by mistake: each has an xfail test below; drop it here once that passes.
-BINDER_BUG_GOLD = {
-    # `T1.order` (the start of T1.order_id) in an ON clause is read as ORDER BY: FROM ends early.
-    "SELECT DISTINCT T3.product_name FROM customer_orders AS T1 JOIN order_items AS T2 ON T1.order_id  =  "
-    "T2.order_id JOIN products AS T3 ON T2.product_id  =  T3.product_id GROUP BY T3.product_id HAVING COUNT "
-    "(DISTINCT T1.customer_id)  >=  2",
-}
+BINDER_BUG_GOLD: set = set()  # gold queries the binder refuses by mistake (none known)
 
 
 def test_gold_queries_and_all_their_prefixes_pass():
@@ -249,8 +243,6 @@ def test_a_table_name_that_starts_with_a_keyword_is_not_refused_early(sql):
 
 # --- binder bugs found by these tests (see /work/notes/decoding-tests.md for the proposed fixes) ---------------
 
-@pytest.mark.xfail(strict=True, reason="a word after '.' is read as a keyword: `T1.order` (of T1.order_id) or "
-                                       "`T1.group` in an ON clause ends FROM like ORDER BY / GROUP BY would")
 @pytest.mark.parametrize("sql", [
     "SELECT T2.qty FROM student AS T1 JOIN orders AS T3 ON T1.order_id = T3.order_id JOIN order_items AS T2 "
     "ON T3.order_id = T2.order_id",
@@ -261,8 +253,6 @@ def test_a_column_that_starts_with_a_keyword_after_a_qualifier(sql):
     assert first_rejected_prefix(B, sql) is None
 
 
-@pytest.mark.xfail(strict=True, reason="a scalar subquery in the SELECT list that refers to an outer alias is "
-                                       "checked when it closes, before the outer FROM declares that alias")
 def test_a_correlated_subquery_in_the_select_list():
     sql = ("SELECT T1.name, (SELECT COUNT(*) FROM has_pet AS T2 WHERE T2.stuid = T1.stuid) FROM student AS T1 "
            "WHERE T1.age > 20")
@@ -278,8 +268,6 @@ def test_a_subquery_in_the_select_list_cannot_name_an_alias_no_query_declares():
     assert B.check(sql) == at(sql, "T9")
 
 
-@pytest.mark.xfail(strict=True, reason="NATURAL JOIN merges the columns both tables have: a bare one is not "
-                                       "ambiguous there (nor with JOIN ... USING, which the grammar lacks)")
 def test_natural_join_columns_are_not_ambiguous():
     assert B.check("SELECT petid FROM pets NATURAL JOIN has_pet WHERE petid > 1", final=True) is None
 
@@ -289,8 +277,6 @@ def test_a_correlated_subquery_in_the_select_list_still_binds_its_own_alias():
     assert B.check(sql, final=True) == at(sql, "sex")
 
 
-@pytest.mark.xfail(strict=True, reason="the date part of extract(YEAR FROM x), which the grammar allows, is "
-                                       "taken for a column reference")
 @pytest.mark.parametrize("sql", [
     "SELECT extract(YEAR FROM placed) FROM orders",
     "SELECT placed FROM orders WHERE extract(MONTH FROM placed) = 3",
@@ -301,9 +287,6 @@ def test_extract_date_part_is_not_a_column(sql):
     assert first_rejected_prefix(B, sql) is None
 
 
-@pytest.mark.xfail(strict=True, reason="a table known by an alias is known by that alias only (SQLite, PostgreSQL, "
-                                       "MySQL and DuckDB refuse `student.age` after `FROM student AS T1`); today "
-                                       "the whole query passes while its prefix is refused")
 @pytest.mark.parametrize("sql,blamed", [
     ("SELECT name FROM student AS T1 WHERE student.age > 1", "student.age"),
     ("SELECT student.name FROM student AS T1", "student.name"),
@@ -316,8 +299,6 @@ def test_an_unaliased_table_is_known_by_its_name():
     assert B.check("SELECT student.name FROM student WHERE student.age > 1", final=True) is None
 
 
-@pytest.mark.xfail(strict=True, reason="the ORDER BY of a compound query may name the output columns of its first "
-                                       "SELECT (SQLite); the binder looks them up in the last SELECT's tables")
 @pytest.mark.parametrize("sql", [
     "SELECT sex FROM student UNION SELECT pettype FROM pets ORDER BY sex",
     "SELECT T1.sex FROM student AS T1 EXCEPT SELECT pettype FROM pets ORDER BY sex",

@@ -209,9 +209,6 @@ def test_grammar_takes_quoted_keyword_names():
     assert parses(g, 'SELECT T1."From" FROM "order" AS T1 JOIN "select" AS T2 ON T1."group" = T2."where"')
 
 
-@pytest.mark.xfail(strict=True, reason="a name that is an SQL keyword is offered bare (grammar.name_regex and "
-                                       "prompt.quote_name go by is_plain_name only): `SELECT From FROM train` is "
-                                       "a syntax error on SQLite, `FROM order` on every engine")
 @pytest.mark.parametrize("db_id,sql", [
     ("railway", "SELECT From FROM train"),            # Spider's railway: train.From
     ("railway", "SELECT T1.From FROM train AS T1"),
@@ -223,7 +220,6 @@ def test_grammar_refuses_bare_keyword_names(db_id, sql):
     assert not parses(sql_grammar(schema), sql)
 
 
-@pytest.mark.xfail(strict=True, reason="prompt.quote_name writes a name that is an SQL keyword bare")
 @pytest.mark.parametrize("name", ["From", "order", "select", "End", "group"])
 def test_keyword_names_are_quoted_in_the_prompt(name):
     assert quote_name(name) == f'"{name}"'
