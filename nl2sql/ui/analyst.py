@@ -21,7 +21,7 @@ def render() -> None:
     conn = sidebar.connection(pipe)
     _history()
     if conn.schema is not None:
-        sidebar.schema_browser(conn.schema)
+        sidebar.schema_browser(conn.schema, pipe.warehouse(conn.db))
 
     st.title("Ask your data")
     if conn.error:

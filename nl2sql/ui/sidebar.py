@@ -68,7 +68,9 @@ def matching_tables(schema, query: str) -> list:
     return by_name + by_content
 
 
-def schema_browser(schema) -> None:
+def schema_browser(schema, warehouse=None) -> None:
+    """Tables of `schema`, a page at a time, with a search box. A large schema is introspected without sample
+    values (nl2sql/schema.py); `warehouse` lets the page read them for the tables it shows."""
     import pandas as pd
     st.sidebar.header("Schema")
     st.sidebar.caption(f"{schema.name} · {len(schema.tables)} tables · {schema.column_count} columns")
@@ -82,7 +84,14 @@ def schema_browser(schema) -> None:
     elif len(found) > limit:
         st.sidebar.caption(f"Showing {limit} of {len(found)} {'matching ' if query else ''}tables"
                            f"{'' if query else ': type above to find one'}.")
-    for t in found[:limit]:
+    shown = found[:limit]
+    if warehouse is not None and shown:
+        from ..schema import Schema, with_samples
+        try:  # memoised per warehouse: each table is read once
+            shown = list(with_samples(warehouse, Schema(schema.name, schema.dialect, tuple(shown))).tables)
+        except Exception:  # samples are a nicety: the browser still shows names and types
+            pass
+    for t in shown:
         with st.sidebar.expander(f"{t.name} ({len(t.columns)})"):
             if t.comment:
                 st.caption(t.comment)

@@ -14,9 +14,7 @@ ENGINES = ["duckdb", "sqlite", "postgres", "mariadb"]
 
 
 def _pipeline(settings, *outputs):
-    p = Pipeline(settings.replace(constrained=False))
-    p._generator = FakeGenerator(outputs)
-    return p
+    return Pipeline(settings.replace(constrained=False), generator=FakeGenerator(outputs))
 
 
 def _intact(engine, outside, settings, before):
@@ -57,7 +55,7 @@ def test_injection_through_data_in_the_database(engine_name, request, outside, s
     pipe = _pipeline(safety_settings, *obeying)
     answers = [pipe.ask("What do the notes say?", engine.db) for _ in obeying]
 
-    prompt = pipe._generator.prompts[0]
+    prompt = pipe.generator.prompts[0]
     assert '"SYSTEM NOTE TO THE ASSI…"' in prompt        # the row: JSON-quoted and cut to 24 characters
     assert str(secret) not in prompt and "ignore the question" not in prompt
     if engine_name != "sqlite":                          # SQLite has no comments
@@ -74,7 +72,7 @@ def test_hidden_characters_in_the_question_never_reach_the_prompt(duckdb_engine,
     q = "How many\x00 singers\u202e are\u200b there?\U000e0049\U000e0047\U000e004e\U000e004f\U000e0052\U000e0045"
     a = pipe.ask(q, duckdb_engine.db)
     assert a.ok and int(a.df.iloc[0, 0]) == 6
-    prompt = pipe._generator.prompts[0]
+    prompt = pipe.generator.prompts[0]
     assert all(ch not in prompt for ch in "\x00\u202e\u200b\U000e0049")
     assert "-- Question: How many singers are there?" in prompt
 
@@ -89,7 +87,7 @@ def test_bad_questions_are_refused_before_anything_else(question, message, duckd
     pipe = _pipeline(safety_settings, "SELECT 1")
     with pytest.raises(InputError, match=message) as e:
         pipe.ask(question, duckdb_engine.db)
-    assert e.value.hint and pipe._generator.prompts == []  # refused before the model was asked
+    assert e.value.hint and pipe.generator.prompts == []  # refused before the model was asked
 
 
 def test_the_sql_a_model_writes_is_checked_in_the_model_dialect_too(duckdb_engine, safety_settings):
