@@ -71,6 +71,7 @@ class _Question:
     execute: bool
     examples: list
     index: object      # nl2sql.values.ValueIndex, or None
+    value_hints: tuple  # the values the question seems to mention (nl2sql.values.link_values)
     timer: _Timer
     answer: Answer
 
@@ -137,14 +138,18 @@ class Pipeline:
             self._generator = SqlGenerator(load(self.settings), sql_vocab_head=self.settings.sql_vocab_head)
         return self._generator
 
-    def link(self, schema: Schema, question: str, value_hints=()):
-        """The part of `schema` this question needs (nl2sql/linking.py); small schemas pass through whole."""
+    def link_index(self, schema: Schema):
+        """The schema-linking index of `schema` (nl2sql/linking.py), built once per schema."""
         from .linking import SchemaIndex
-        key = id(schema)
+        key = id(schema)  # schemas are cached per database, so the object identifies it (kept alive below)
         if key not in self._link_indexes:
             self._link_indexes[key] = (schema, SchemaIndex.build(schema, self.settings))
-        linked = self._link_indexes[key][1].prune(question, max_prompt_columns=self.settings.max_prompt_columns,
-                                                  value_hints=value_hints)
+        return self._link_indexes[key][1]
+
+    def link(self, schema: Schema, question: str, value_hints=()):
+        """The part of `schema` this question needs; small schemas pass through whole."""
+        linked = self.link_index(schema).prune(question, max_prompt_columns=self.settings.max_prompt_columns,
+                                               value_hints=value_hints)
         if linked.schema.column_count > self.settings.max_prompt_columns:
             raise SchemaError(f"Even the best-matching tables for this question have {linked.schema.column_count} "
                               f"columns, more than the prompt budget ({self.settings.max_prompt_columns}).",
@@ -170,12 +175,12 @@ class Pipeline:
         gen = self.generator
         answer = Answer(question, model=gen.model_name, adapter=gen.adapter_name, db=full.name,
                         candidates=max(1, self.settings.candidates))
-        q = _Question(question, db, execute, list(examples), index, timer, answer)
+        q = _Question(question, db, execute, list(examples), index, value_hints, timer, answer)
         best = self._solve(q, linked.schema)
         if best.error is not None and linked.pruned:  # the model reached outside the subset: widen once
-            names = self._link_indexes[id(full)][1].outside_names(best.generation.text, linked)
+            names = self.link_index(full).outside_names(best.generation.text, linked)
             if names:
-                best = self._solve(q, self._link_indexes[id(full)][1].widen(linked, names).schema)
+                best = self._solve(q, self.link_index(full).widen(linked, names).schema)
         timings = timer.timings
         if not execute:
             timings.pop("execute", None)
@@ -192,8 +197,8 @@ class Pipeline:
                 schema = with_samples(self.warehouse(q.db), schema, None, self.settings.sample_values)
         hints = ""
         if self.settings.value_hints:
-            from .values import format_hints, link_values
-            hints = format_hints(link_values(q.question, q.index))
+            from .values import format_hints
+            hints = format_hints(q.value_hints)
         prompt = build_prompt(schema, q.question, q.examples, hints=hints)
         prefix = render_schema(schema) + "\n"  # shared by every question on this schema: its KV cache is reused
         grammar = binder = None
