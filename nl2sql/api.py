@@ -148,7 +148,8 @@ class Pipeline:
 
     def link(self, schema: Schema, question: str, value_hints=()):
         """The part of `schema` this question needs; small schemas pass through whole."""
-        linked = self.link_index(schema).prune(question, max_prompt_columns=self.settings.max_prompt_columns,
+        linked = self.link_index(schema).prune(question, max_tables=self.settings.link_max_tables,
+                                               max_prompt_columns=self.settings.max_prompt_columns,
                                                value_hints=value_hints)
         if linked.schema.column_count > self.settings.max_prompt_columns:
             raise SchemaError(f"Even the best-matching tables for this question have {linked.schema.column_count} "

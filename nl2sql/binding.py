@@ -26,6 +26,7 @@ True
 """
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 
@@ -51,6 +52,10 @@ nulls first last with true false current_date current_timestamp
 _FROM_ENDERS = frozenset({"where", "group", "having", "order", "limit", "union", "intersect", "except"})
 _FUNCTION_WORDS = frozenset(w.lower() for w in AGGREGATES + FUNCTIONS)
 _WORDS = KEYWORDS | _FUNCTION_WORDS  # what a bare word may also turn into
+_SQL_TYPES_AND_PARTS = frozenset("""
+int integer bigint real float double numeric decimal text varchar date timestamp boolean
+year month day quarter week dow hour minute
+""".split())  # CAST(x AS INT), extract(YEAR FROM x): what the grammar allows there
 _SET_OPS = frozenset({"union", "intersect", "except"})
 _JOIN_WORDS = frozenset({"join", "left", "right", "full", "inner", "cross", "natural", "outer"})
 
@@ -110,6 +115,8 @@ class Binder:
         self.tables = {t.name.lower(): t for t in schema.tables}
         self.columns = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
         self.all_columns = set().union(*self.columns.values()) if self.columns else set()
+        self.known = self.all_columns | set(self.tables) | _WORDS | _SQL_TYPES_AND_PARTS  # every bare word it uses
+        self.known_sorted = sorted(self.known)
 
     def check(self, text: str, final: bool = False) -> int | None:
         """None if `text` can still become a well-bound query; else the offset of the construct to blame.
@@ -128,11 +135,14 @@ class Binder:
         depth = 0
         n = len(toks)
         comp = [i + 1 < n or final or t.end < len(text) for i, t in enumerate(toks)]  # can it still grow?
+        with_query = bool(toks) and toks[0].low == "with"  # CTE names are made up: no word check there
         for i, tok in enumerate(toks):
             complete = comp[i]
             nxt = toks[i + 1] if i + 1 < n else None
             prev = toks[i - 1] if i else None
             low = tok.low
+            if tok.kind == "ident" and not with_query and (prev is None or prev.text != "." and prev.low != "as"):
+                self._known_word(tok, complete, scopes)
             if tok.kind == "punct" and tok.text == "(":
                 depth += 1
                 continue
@@ -301,6 +311,21 @@ class Binder:
         if col_complete and col not in cols or not col_complete and col_tok.kind == "ident" and \
                 not any(c.startswith(col) for c in cols):
             raise _Violation(col_tok.start)
+
+    def _known_word(self, tok, complete: bool, scopes) -> None:
+        """A bare word must be (the start of) a keyword, function, table or column, or alias-short (T1, a):
+        the grammar lets lexemes touch, so 'FROM' + 'flight' would otherwise read as one word, FROMflight."""
+        w = tok.low
+        aliases = {a for sc in scopes for a in sc.out_aliases}
+        if len(w) <= 3 or (w in self.known or w in aliases if complete else self._starts_known(w, aliases)):
+            return
+        good = max((k for k in range(len(w), 0, -1) if self._starts_known(w[:k], aliases)), default=0)
+        raise _Violation(tok.start + max(good, 1))
+
+    def _starts_known(self, prefix: str, aliases) -> bool:
+        i = bisect.bisect_left(self.known_sorted, prefix)
+        return (i < len(self.known_sorted) and self.known_sorted[i].startswith(prefix)) or \
+            any(a.startswith(prefix) for a in aliases)
 
     def _could_become(self, prefix: str, scope, scopes) -> bool:
         if self._outer_select(scopes):

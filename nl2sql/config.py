@@ -70,6 +70,9 @@ class Settings:
     max_prompt_columns: int = setting(
         1000, "Prompt budget in columns: a larger schema is cut to the tables the question needs (nl2sql/linking.py); "
         "a question is refused only if even its best few tables exceed this.")
+    link_max_tables: int = setting(
+        10, "Tables a large schema is cut to for one question (the best-ranked ones; the foreign-key paths that join "
+        "them come on top). Schemas of at most 12 tables and 150 columns go to the model whole.")
     row_limit: int = setting(1000, "Most rows a query returns; more sets Answer.truncated.")
     max_result_bytes: int = setting(
         50_000_000, "Most bytes of result data fetched for one query (about; text and blobs counted by length); "

@@ -388,3 +388,15 @@ def test_wide_schema_valid(sql):
 def test_wide_schema_wrong_table(sql, blamed):
     assert WIDE.check(sql + " ") == at(sql, blamed)
     assert WIDE.check(sql, final=True) == at(sql, blamed)
+
+
+@pytest.mark.parametrize("sql,offset", [
+    ("SELECT name FROMflight", len("SELECT name FROM")),            # a keyword glued to a table name
+    ("SELECT name FROM flight_x AS T1 WHEREx", len("SELECT name FROM flight_x AS T1 WHERE")),
+    ("SELECT nameFROM", len("SELECT name")),                        # a column glued to a keyword
+])
+def test_words_glued_together_are_refused_where_they_stop_being_a_word(sql, offset):
+    from nl2sql.binding import Binder
+    b = Binder(Schema("x", "sqlite", (Table("flight_x", (Column("name"), Column("code"))),)))
+    assert b.check(sql) == offset
+    assert b.check(sql[:offset]) is None
