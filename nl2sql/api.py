@@ -212,7 +212,12 @@ class Pipeline:
                                              n=q.answer.candidates, binder=binder, seed=_seed(q.question),
                                              temperature=self.settings.temperature)
         q.answer.tokens += sum(g.tokens for g in gens)
-        outcomes = [self._attempt(g, schema, q) for g in gens]
+        outcomes, done = [], {}
+        for g in gens:  # candidates often repeat one another: validate and run each distinct SQL once
+            first = done.get(g.text) if not g.error else None
+            outcomes.append(_Outcome(g, first.sql, first.df, first.truncated, first.error) if first
+                            else self._attempt(g, schema, q))
+            done.setdefault(g.text, outcomes[-1])
         best, agreement = vote(outcomes)
         if best is None:  # no candidate valid: repair branches from the greedy one (nl2sql/repair.py)
             best = self._repair(outcomes[0], prompt, prefix, grammar, binder, schema, q)
