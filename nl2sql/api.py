@@ -93,7 +93,6 @@ class Pipeline:
         self.settings = settings or Settings.from_env()
         self._warehouses: dict = {}
         self._schemas: dict = {}
-        self._binders: dict = {}
         self._link_indexes: dict = {}
         self._generator = generator
         self._lock = threading.Lock()
@@ -119,11 +118,8 @@ class Pipeline:
         return ValueIndex.build(self.warehouse(db), schema, self.settings, budget_s=self.settings.value_budget)
 
     def binder(self, schema: Schema):
-        from .binding import Binder
-        key = schema.fingerprint()
-        if key not in self._binders:
-            self._binders[key] = Binder(schema)
-        return self._binders[key]
+        from .binding import binder_for
+        return binder_for(schema)
 
     @property
     def model_loaded(self) -> bool:
@@ -235,7 +231,7 @@ class Pipeline:
                 checked = validate(generation.text, schema, max_chars=self.settings.max_sql_chars,
                                    settings=self.settings)
                 out.sql = checked.sql
-                if not _reads_a_table(out.sql, schema.dialect):
+                if not checked.tables:  # the schema tables it reads (validate() resolved them)
                     raise ValidationError("The SQL reads no table, so it cannot answer a question about the data.",
                                           hint="Rephrase the question to name what to count, list or compare.")
                 if q.index is not None and self.settings.snap_literals:
@@ -308,15 +304,6 @@ def _plain(v):
     if isinstance(v, float):
         return round(v, 6)
     return v if isinstance(v, (int, str, type(None))) else str(v)
-
-
-def _reads_a_table(sql: str, dialect: str) -> bool:
-    import sqlglot
-    from sqlglot import exp
-    try:
-        return sqlglot.parse_one(sql, read=dialect).find(exp.Table) is not None
-    except sqlglot.errors.SqlglotError:
-        return True  # validate() parsed it already; let the engine have the last word
 
 
 def _seed(question: str) -> int:

@@ -27,6 +27,7 @@ True
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -102,6 +103,12 @@ class _Scope:
 class _Violation(Exception):
     def __init__(self, offset: int):
         self.offset = offset
+
+
+@functools.lru_cache(maxsize=32)
+def binder_for(schema: Schema) -> "Binder":
+    """The Binder of a schema, kept for the last few: a large warehouse gives each question its own subset."""
+    return Binder(schema)
 
 
 def _unquote(text: str) -> str:
