@@ -1,7 +1,9 @@
 """The analyst app driven through Streamlit's AppTest: a scripted fake model, the real demo DuckDB warehouse and
 real SQLite files, the real query log. Each flow of the issue: ask, edit + rerun, chart, feedback, history and
-follow-ups, bad connections, the data team's page."""
+follow-ups, a question typed while another is answered, bad connections, the data team's page."""
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,21 @@ def app(fake_pipeline, settings, tmp_path):
 
 def ask(at, question):
     at.chat_input[0].set_value(question).run()
+    return settle(at)
+
+
+def busy(at) -> bool:
+    return at.session_state["job"] is not None if "job" in at.session_state else False
+
+
+def settle(at, wait=60):
+    """Rerun until no answer is being written (answers come from a background thread; the browser's timer
+    reruns the page, here the test does)."""
+    deadline = time.monotonic() + wait
+    while busy(at) or ("queued" in at.session_state and at.session_state["queued"]):
+        assert time.monotonic() < deadline, "the answer never came"
+        time.sleep(0.05)
+        at.run()
     assert not at.exception, at.exception
     return at
 
@@ -131,25 +148,74 @@ def test_feedback_and_comment_are_written_to_the_log(app):
     assert first["session"] and first["session"] == second["session"]
 
 
-def test_history_reopens_and_follow_up_carries_the_previous_answer(app):
+def test_thread_keeps_every_answer_and_follow_up_carries_the_previous_one(app):
     at, pipe, log = app("SELECT COUNT(*) AS n FROM orders",
                         "SELECT COUNT(*) AS n FROM orders WHERE order_date >= '2024-01-01'",
-                        "SELECT COUNT(*) FROM products")
+                        "SELECT COUNT(*) FROM products", "SELECT COUNT(*) FROM stores")
     ask(at, "How many orders are there?")
     ask(at, "now only for 2024")
     prompt = pipe.generator.prompts[1]
     assert "-- Question: How many orders are there?\n-- SQL:\nSELECT COUNT(*) AS n FROM orders\n" in prompt
     assert prompt.endswith("-- Question: now only for 2024\n-- SQL:\n")
     assert json.loads(log.entries()[1]["context"]) == [["How many orders are there?", "SELECT COUNT(*) AS n FROM orders"]]
-    assert [c.value for c in at.code] == ["SELECT COUNT(*) AS n FROM orders WHERE order_date >= '2024-01-01'"]
-    history = [b.label for b in at.sidebar.button if b.key.startswith("history-")]
-    assert history == ["now only for 2024", "How many orders are there?"]
-    at.sidebar.button(key="history-1").click().run()
-    assert [c.value for c in at.code] == ["SELECT COUNT(*) AS n FROM orders"]  # turn 1 open again
+    # both answers stay on the page, oldest first, each with its SQL and table
+    assert [c.value for c in at.code] == ["SELECT COUNT(*) AS n FROM orders",
+                                          "SELECT COUNT(*) AS n FROM orders WHERE order_date >= '2024-01-01'"]
+    assert [m.markdown[0].value for m in at.chat_message if m.name == "user"] == [
+        "How many orders are there?", "now only for 2024"]
+    assert len(at.main.dataframe) == 2 and any("Follow-up to" in c.value for c in at.caption)
+    assert "now only for 2024" in at.toggle(key="follow_up").label  # the newest answer by default
+    at.button(key="follow-1").click().run()  # follow up on the first answer instead
+    assert "How many orders are there?" in at.toggle(key="follow_up").label
+    ask(at, "and how many products?")
+    assert "-- Question: How many orders are there?\n" in pipe.generator.prompts[2]
+    assert "2024" not in pipe.generator.prompts[2]
     at.toggle(key="follow_up").set_value(False).run()
-    ask(at, "How many products?")
-    assert "How many orders" not in pipe.generator.prompts[2]
-    assert log.entries()[2]["context"] is None
+    ask(at, "How many stores?")
+    assert "How many" not in pipe.generator.prompts[3].split("-- Question: How many stores?")[0]
+    assert log.entries()[3]["context"] is None
+    assert len(at.code) == 4 and [e["question"] for e in log.entries()] == [
+        "How many orders are there?", "now only for 2024", "and how many products?", "How many stores?"]
+
+
+class Gated:
+    """A scripted model that holds its first answer until the test opens the gate."""
+
+    def __init__(self, inner):
+        self.inner, self.gate, self.calls = inner, threading.Event(), 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def candidates(self, *args, **kw):
+        self.calls += 1
+        if self.calls == 1:
+            assert self.gate.wait(60)
+        return self.inner.candidates(*args, **kw)
+
+
+def test_questions_typed_while_an_answer_is_written_are_queued_not_lost(app):
+    from nl2sql.ui.session import MAX_QUEUED
+    outputs = [BY_REGION, "SELECT COUNT(*) AS n FROM customers", "SELECT COUNT(*) AS n FROM products",
+               "SELECT COUNT(*) AS n FROM orders"]
+    at, pipe, log = app(*outputs)
+    pipe._generator = gated = Gated(pipe.generator)
+    questions = ["Stores per region?", "How many customers?", "How many products?", "How many orders?"]
+    at.chat_input[0].set_value(questions[0]).run()
+    assert busy(at) and not at.code
+    assert at.status[0].icon == "spinner" and at.status[0].label.endswith(" s")  # the stage and the seconds so far
+    for q in questions[1:]:
+        at.chat_input[0].set_value(q).run()
+        assert not at.exception, at.exception
+    assert [m.markdown[0].value for m in at.chat_message if m.name == "user"] == questions
+    assert sum("Queued" in c.value for c in at.caption) == MAX_QUEUED == 3
+    assert at.chat_input[0].disabled  # three waiting: the box says so instead of taking more
+    assert any("questions are waiting" in c.value for c in at.caption)
+    gated.gate.set()
+    settle(at)
+    assert [c.value for c in at.code] == outputs and len(at.main.dataframe) == 4
+    assert [e["question"] for e in log.entries()] == questions
+    assert not at.chat_input[0].disabled and not at.status
 
 
 def test_sqlite_file_connection_and_schema_browser(app, sqlite_db):

@@ -19,7 +19,7 @@ def render() -> None:
         st.error(str(e))
         return
     conn = sidebar.connection(pipe)
-    _history()
+    st.session_state["conn_db"] = conn.db if conn.schema is not None else _NO_DB  # where a typed question goes
     if conn.schema is not None:
         sidebar.schema_browser(conn.schema, pipe.warehouse(conn.db))
 
@@ -28,58 +28,88 @@ def render() -> None:
         st.error(conn.error)
     elif conn.pending:
         st.info("Enter a database file path or URL in the sidebar, or pick the demo warehouse.")
-    opened = session.open_turn()
-    for t in session.turns():
-        _turn(t, is_open=t is opened)
+    job = _advance(pipe)
+    target = session.follow_turn()
+    for t in session.turns():  # the conversation as a thread, oldest first
+        _turn(t, is_target=t is target)
+    if job is not None:
+        with st.chat_message("user"):
+            st.markdown(job.turn.question)
+        with st.chat_message("assistant"):
+            _progress(job)
+    queued = session.queue()
+    for q in queued:
+        with st.chat_message("user"):
+            st.markdown(q.question)
+            st.caption("Queued: answered after the question above.")
 
-    follow = None
-    if opened and opened.sql and not opened.run_error and opened.db == conn.db and conn.schema is not None:
-        on = st.toggle(f"Follow up on “{_short(opened.question, 60)}”", value=True, key="follow_up",
-                       help="Pass that question and its SQL to the model, so 'now only for 2024' refers to it.")
-        follow = opened if on else None
-    question = st.chat_input("Ask a question about your data", disabled=conn.schema is None)
-    if question:
-        _ask(pipe, conn, question, follow)
-
-
-def _ask(pipe, conn, question: str, follow: Turn | None) -> None:
-    turns = session.turns()
-    t = Turn(id=len(turns) + 1, question=question, db=conn.db, db_name=conn.schema.name, dialect=conn.schema.dialect)
-    if follow is not None:
-        t.context = context_examples(follow.question, follow.sql, follow.dialect)
-    with st.chat_message("user"):
-        st.markdown(question)
-    with st.chat_message("assistant"):
-        try:
-            first = not pipe.model_loaded
-            with st.spinner("Loading the model, then writing SQL (the first question takes a minute or two)…"
-                            if first else "Writing SQL…"), session.ASK_LOCK:
-                a = pipe.ask(question, conn.db, examples=t.context)
-        except Nl2SqlError as e:
-            t.error = str(e)
-        else:
-            t.answer, t.sql, t.df, t.truncated, t.run_error = a, a.sql, a.df, a.truncated, a.error
-    a = t.answer
-    t.entry_id = _log(lambda log: log.record(
-        question=question, db=session.log_db(conn.db), sql=t.sql, executed=t.df is not None,
-        error=t.run_error or t.error, model=a and a.model, adapter=a and a.adapter,
-        latency=a and a.timings.get("total"), raw_sql=a and a.raw_sql, dialect=t.dialect,
-        session=session.session_id(), context=t.context or None, candidates=a and a.candidates,
-        agreement=a and a.agreement))
-    turns.append(t)
-    st.session_state["open_turn"] = t.id
-    st.rerun()
+    follow = target is not None and target.db == st.session_state["conn_db"]
+    st.session_state["follow_possible"] = follow
+    if follow:
+        st.session_state.setdefault("follow_up", True)
+        st.toggle(f"Follow up on “{_short(target.question, 60)}”", key="follow_up",
+                  help="Pass that question and its SQL to the model, so 'now only for 2024' refers to it.")
+    full = len(queued) >= session.MAX_QUEUED
+    if full:
+        st.caption(f"{len(queued)} questions are waiting: the box opens again when the next answer is in.")
+    st.chat_input("Wait for the answers above…" if full else "Ask a question about your data", key="question",
+                  on_submit=_enqueue, disabled=conn.schema is None or full)
 
 
-def _turn(t: Turn, is_open: bool) -> None:
+_NO_DB = "\0no database"  # conn_db when no database is open (None means the demo warehouse)
+
+
+def _enqueue() -> None:
+    """chat_input callback: it runs first thing in the rerun the question causes, so the question is kept even
+    when that rerun interrupted the one showing an answer being written."""
+    question = (st.session_state.get("question") or "").strip()
+    db = st.session_state.get("conn_db", _NO_DB)
+    if question and db != _NO_DB:
+        follow = bool(st.session_state.get("follow_possible") and st.session_state.get("follow_up", True))
+        session.queue().append(session.Queued(question, db, follow))
+
+
+def _advance(pipe) -> session.Job | None:
+    """Collect a finished answer into the thread, and start the next queued question. The running job, or None."""
+    job = session.job()
+    if job is not None and job.done.is_set():
+        session.turns().append(job.turn)
+        if job.warning:
+            st.warning(job.warning)
+        st.session_state["follow_turn"] = job.turn.id  # a follow-up now refers to the newest answer
+        st.session_state["job"] = job = None
+    if job is None and session.queue():
+        st.session_state["job"] = job = _start(pipe, session.queue().pop(0))
+    return job
+
+
+def _start(pipe, q: session.Queued) -> session.Job:
+    t = Turn(id=len(session.turns()) + 1, question=q.question, db=q.db, db_name="", dialect=None)
+    try:
+        schema = pipe.schema(q.db)  # opened by the sidebar: cached
+        t.db_name, t.dialect = schema.name, schema.dialect
+    except Exception:  # the job reports the same failure as its answer
+        pass
+    target = session.follow_turn() if q.follow else None
+    if target is not None and target.db == q.db:
+        t.context = context_examples(target.question, target.sql, target.dialect)
+    return session.Job(t, session.session_id()).start(pipe)
+
+
+@st.fragment(run_every=1.0)
+def _progress(job: session.Job) -> None:
+    """The answer being written: its stage and time so far, redrawn each second until it is in."""
+    if job.done.is_set():
+        st.rerun()  # the whole page: the answer joins the thread
+    # not `with st.status(...)`: leaving the block would mark it complete
+    st.status(f"{job.stage}… {job.elapsed:.0f} s", state="running").caption(
+        "You can type the next question meanwhile: it is queued.")
+
+
+def _turn(t: Turn, is_target: bool) -> None:
     with st.chat_message("user"):
         st.markdown(t.question)
     with st.chat_message("assistant"):
-        if not is_open:
-            rows = f"{len(t.df)} rows" if t.df is not None else "no result"
-            st.caption(f"{rows} · {_short(t.sql or t.error or t.run_error or '', 100)}")
-            st.button("Open", key=f"open-{t.id}", on_click=_open, args=(t.id,))
-            return
         if t.context:
             st.caption(f"Follow-up to “{_short(t.context[0][0], 80)}”")
         if t.answer is None:
@@ -103,7 +133,7 @@ def _turn(t: Turn, is_open: bool) -> None:
             timings += f" · {t.answer.attempts} attempts"
         st.caption(f"{timings} · model {t.answer.model} · adapter {t.answer.adapter} · {t.db_name}")
         _fix(t)
-        _feedback(t)
+        _feedback(t, is_target)
 
 
 def _result(t: Turn) -> None:
@@ -133,8 +163,8 @@ def _fix(t: Turn) -> None:
             st.success("Saved as the correct SQL for this question.")
 
 
-def _feedback(t: Turn) -> None:
-    left, right = st.columns([1, 4], vertical_alignment="center")
+def _feedback(t: Turn, is_target: bool) -> None:
+    left, right, follow = st.columns([1, 4, 1], vertical_alignment="center")
     with left:
         st.feedback("thumbs", key=f"rating-{t.id}", on_change=_rate, args=(t.id,))
         if st.session_state.get(f"rating-{t.id}") is not None:
@@ -142,22 +172,16 @@ def _feedback(t: Turn) -> None:
     with right:
         st.text_input("Comment (optional)", key=f"comment-{t.id}", on_change=_comment, args=(t.id,),
                       placeholder="Comment (optional): what was right or wrong?", label_visibility="collapsed")
-
-
-def _history() -> None:
-    turns = session.turns()
-    if not turns:
-        return
-    st.sidebar.header("History")
-    opened = session.open_turn()
-    for t in reversed(turns):
-        st.sidebar.button(_short(t.question, 60), key=f"history-{t.id}", on_click=_open, args=(t.id,),
-                          type="primary" if t is opened else "secondary", width="stretch")
+    with follow:
+        if t.sql and not is_target:
+            st.button("Follow up on this", key=f"follow-{t.id}", on_click=_follow, args=(t.id,),
+                      help="The next question refers to this answer instead of the latest one.")
 
 
 # --- callbacks: run before the page is drawn again, so what they change shows at once ---------------------
-def _open(turn_id: int) -> None:
-    st.session_state["open_turn"] = turn_id
+def _follow(turn_id: int) -> None:
+    st.session_state["follow_turn"] = turn_id
+    st.session_state["follow_up"] = True
 
 
 def _run_edit(turn_id: int) -> None:

@@ -1,4 +1,10 @@
-"""Per-session state of the analyst app: the pipeline, the query log, and the turns of the conversation.
+"""Per-session state of the analyst app: the pipeline, the query log, the turns of the conversation, and the
+questions waiting to be answered.
+
+Answers are written by a background thread (`Job`), never by the script run itself: a Streamlit rerun (a
+question typed meanwhile, a click) interrupts the script, and an answer computed inside it would be lost with
+it. The script only starts jobs, shows their progress and collects their result, so every run is quick, a
+question typed during an answer is queued, and SIGTERM stops the server without waiting for the model.
 
 Hook: a test (or an app embedding these pages) may put its own `nl2sql.api.Pipeline` in
 `st.session_state[PIPELINE_KEY]` before the first run, e.g. one with a scripted fake generator; otherwise the
@@ -6,17 +12,22 @@ process-wide `default_pipeline()` from NL2SQL_* settings is used.
 """
 from __future__ import annotations
 
+import inspect
+import sqlite3
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
 
+from ..errors import Nl2SqlError
 from ..querylog import QueryLog
 
 PIPELINE_KEY = "nl2sql_pipeline"
 ASK_LOCK = threading.Lock()  # one model, many browser sessions: generate one answer at a time
+MAX_QUEUED = 3               # questions waiting behind the one being answered; beyond that the box is disabled
 
 _logs: dict[Path, QueryLog] = {}
 _logs_lock = threading.Lock()
@@ -71,10 +82,10 @@ def turn(turn_id: int) -> Turn | None:
     return next((t for t in turns() if t.id == turn_id), None)
 
 
-def open_turn() -> Turn | None:
-    ts = turns()
-    chosen = turn(st.session_state.get("open_turn", -1))
-    return chosen or (ts[-1] if ts else None)
+def follow_turn() -> Turn | None:
+    """The answer a follow-up question refers to: the one the analyst picked, else the latest with SQL."""
+    chosen = turn(st.session_state.get("follow_turn", -1))
+    return chosen or next((t for t in reversed(turns()) if t.sql), None)
 
 
 def log_db(db: str | None) -> str:
@@ -89,3 +100,87 @@ def log_db(db: str | None) -> str:
         except Exception:
             return db.split("://", 1)[0] + "://…"
     return str(Path(db).expanduser().resolve())
+
+
+@dataclass
+class Queued:
+    """A question typed while another was being answered: asked on the database it was typed against."""
+    question: str
+    db: str | None
+    follow: bool                    # follow up on the latest answer (the follow-up toggle was on)
+
+
+# What Pipeline.ask's timer stages are called in the progress line (nl2sql/api.py _Timer).
+STAGES = {"schema": "Reading the schema", "values": "Looking up the values the question mentions",
+          "link": "Linking the schema", "generate": "Writing SQL", "validate": "Checking the SQL",
+          "execute": "Running the SQL"}
+
+
+@dataclass
+class Job:
+    """One question being answered on a daemon thread; `turn` is filled in and logged when `done` is set."""
+    turn: Turn
+    session: str
+    started: float = field(default_factory=time.monotonic)
+    stage: str = "Waiting to start"
+    warning: str | None = None      # the query log could not be written
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, pipe) -> "Job":
+        # daemon: a server asked to stop (SIGTERM) does not wait for the model to finish
+        threading.Thread(target=self._run, args=(pipe,), name=f"nl2sql-answer-{self.session}", daemon=True).start()
+        return self
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _run(self, pipe) -> None:
+        t = self.turn
+        try:
+            try:
+                if ASK_LOCK.locked():
+                    self.stage = "Waiting for another analyst's question to finish"
+                with ASK_LOCK:
+                    if not pipe.model_loaded:
+                        self.stage = "Loading the model (the first question only)"
+                        pipe.generator
+                    self.stage = "Linking the schema and writing SQL"
+                    a = pipe.ask(t.question, t.db, examples=t.context, **self._progress(pipe))
+            except Nl2SqlError as e:
+                t.error = str(e)
+            except Exception as e:  # a bug must end the job with a message, never leave it running forever
+                t.error = f"Unexpected error ({type(e).__name__}): {e}. Please report it with the question."
+            else:
+                t.answer, t.sql, t.df, t.truncated, t.run_error = a, a.sql, a.df, a.truncated, a.error
+            self._log(pipe.settings)
+        finally:
+            self.done.set()
+
+    def _progress(self, pipe) -> dict:
+        """progress= for a Pipeline.ask that reports each stage as it starts (a callable taking the stage name)."""
+        if "progress" not in inspect.signature(pipe.ask).parameters:
+            return {}
+        return {"progress": lambda stage: setattr(self, "stage", STAGES.get(stage, stage))}
+
+    def _log(self, settings) -> None:
+        t, a = self.turn, self.turn.answer
+        try:
+            t.entry_id = query_log(settings).record(
+                question=t.question, db=log_db(t.db), sql=t.sql, executed=t.df is not None,
+                error=t.run_error or t.error, model=a and a.model, adapter=a and a.adapter,
+                latency=a and a.timings.get("total"), raw_sql=a and a.raw_sql, dialect=t.dialect,
+                session=self.session, context=t.context or None, candidates=a and a.candidates,
+                agreement=a and a.agreement)
+        except (sqlite3.Error, OSError) as e:
+            self.warning = (f"Could not write to the query log at {settings.query_log_path}: {e}. "
+                            "Check the disk, or point NL2SQL_QUERY_LOG at a writable file.")
+
+
+def queue() -> list[Queued]:
+    return st.session_state.setdefault("queued", [])
+
+
+def job() -> Job | None:
+    """The question being answered for this browser session, if any."""
+    return st.session_state.get("job")
