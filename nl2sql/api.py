@@ -128,6 +128,7 @@ class Pipeline:
 
     @property
     def generator(self):
+        """The nl2sql.generate.Generator in use (SqlGenerator unless one was passed in)."""
         if self._generator is None:
             from .generate import SqlGenerator
             from .model import load
@@ -341,6 +342,12 @@ def ask(question: str, db=None, *, execute: bool = True, settings: Settings | No
 
     Setup problems (empty question, unreachable database, missing model) raise an Nl2SqlError subclass;
     a query the model got wrong comes back as an Answer whose .error says why.
+    With `server=URL` (or NL2SQL_SERVER) the question goes to that `nl2sql serve` service (nl2sql/client.py)
+    and `db` names one of its databases; the Answer is the same, without loading a model here.
     """
     settings = (settings or Settings.from_env()).replace(**overrides) if overrides else settings
+    server = (settings or Settings.from_env()).server
+    if server:
+        from .client import Client
+        return Client(server, settings=settings).ask(question, db, execute=execute)
     return default_pipeline(settings).ask(question, db, execute=execute)

@@ -125,6 +125,14 @@ def cmd_role_sql(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .server import serve
+    s = _settings(args)
+    print(f"nl2sql serve: http://{args.host}:{args.port} (API docs at /docs; Ctrl-C stops)", file=sys.stderr)
+    serve(args.host, args.port, s)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nl2sql", description="Ask your warehouse questions in words.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -184,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--schema", default="public", help="PostgreSQL schema to grant SELECT on (default: public)")
     r.add_argument("--host", default="%", help="MariaDB/MySQL host pattern of the login (default: %%)")
     r.set_defaults(func=cmd_role_sql)
+    sv = sub.add_parser("serve", help="answer questions over HTTP for many analysts (one warm model, batched)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond localhost needs NL2SQL_API_TOKEN)")
+    sv.add_argument("--port", type=int, default=8765)
+    model_flags(sv)
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -97,6 +97,23 @@ class Settings:
     max_function_size: int = setting(
         100_000, "Largest constant size argument for functions that build values or rows (repeat, lpad/rpad, space, "
         "printf/format widths, range/generate_series lengths); non-constant sizes are refused.")
+    # --- `nl2sql serve` and its clients (nl2sql/server.py, nl2sql/client.py) ---
+    server: str = setting(
+        "", "URL of an `nl2sql serve` service (e.g. http://127.0.0.1:8765): ask() sends questions there instead of "
+        "loading a model in this process. Empty = answer in process.")
+    api_token: str = setting(
+        "", "Bearer token of `nl2sql serve`: the server requires it on every call but /health, /metrics and the API docs (and "
+        "refuses to listen beyond localhost without one); clients send it. Keep it out of shared files.")
+    serve_databases: str = setting(
+        "", "Databases `nl2sql serve` answers about, comma-separated name=URL-or-path entries (plus 'demo' for the demo "
+        "warehouse); a request names one of them. Empty = the demo warehouse only. Any other db is refused (403).")
+    serve_max_request_bytes: int = setting(65_536, "Largest request body `nl2sql serve` reads; larger ones get 413.")
+    serve_requests_per_minute: int = setting(
+        120, "Requests one client (address) may make per minute to `nl2sql serve` beyond /health; more get 429 with "
+        "a Retry-After.")
+    serve_batch_rows: int = setting(
+        32, "Most rows `nl2sql serve` decodes in one batch (each question brings NL2SQL_CANDIDATES rows); questions "
+        "past it wait for rows to free up.")
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":

@@ -29,6 +29,7 @@ import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
 
 from .errors import ModelError
 
@@ -90,7 +91,7 @@ class SqlGenerator:
             if len(self._prefix_cache) > 8:
                 self._prefix_cache.pop(next(iter(self._prefix_cache)))
             ids = torch.tensor([prefix_ids], device=self.loaded.device)
-            out = self.inner(input_ids=ids, use_cache=True)
+            out = self.inner(input_ids=ids, past_key_values=_full_cache(), use_cache=True)
             self._prefix_cache[prefix_ids] = out.past_key_values
         return copy.deepcopy(self._prefix_cache[prefix_ids])
 
@@ -122,76 +123,23 @@ class SqlGenerator:
         `binder` (nl2sql/binding.py) vets each candidate token for scope; when it blames an earlier construct
         the row backtracks there (its cache positions masked out) and bans the token it had chosen.
         """
-        import torch
-        tok = self.loaded.tokenizer
-        with self._lock, torch.inference_mode():
-            t0 = time.perf_counter()
-            ids = tok(prompt, add_special_tokens=True)["input_ids"]
-            n_prefix = 0  # reuse the schema's cache only when the prompt tokenizes to exactly that prefix + the rest
-            if prefix:
-                p_ids = tok(prefix, add_special_tokens=True)["input_ids"]
-                if ids[: len(p_ids)] == p_ids and len(p_ids) < len(ids):
-                    n_prefix = len(p_ids)
-            cache = self._prefix(tuple(ids[:n_prefix])) if n_prefix else None
-            vocab = self._vocab_for(prompt, ids, prefix)  # None: the whole output layer
-            head = self.lm_head if vocab is None else self.lm_head[vocab]
-            device = self.loaded.device
-            out = self.inner(input_ids=torch.tensor([ids[n_prefix:]], device=device), past_key_values=cache,
-                             use_cache=True)
-            cache, h = out.past_key_values, out.last_hidden_state[:, -1]
-            if n > 1:
-                cache.batch_repeat_interleave(n)
-                h = h.expand(n, -1).clone()
-            spec = self._grammar_spec(grammar) if grammar is not None else None
-            rows = [_Row(self._matcher(spec) if spec is not None else None, binder, i == 0 or temperature <= 0)
-                    for i in range(n)]
-            attn = torch.ones((n, len(ids)), dtype=torch.long, device=device)
-            rng = torch.Generator().manual_seed(seed)
-            bitmask = None
-            if spec is not None:
-                import llguidance.torch
-                bitmask = llguidance.torch.allocate_token_bitmask(n, self.backend.llg_tokenizer.vocab_size)
-            for _ in range(2 * max_new_tokens + 8 * _MAX_BACKTRACKS):
-                if all(r.done for r in rows):
-                    break
-                logits = self._logits(h, head, vocab)
-                feed = torch.zeros((n, 1), dtype=torch.long, device=device)
-                fed = torch.zeros((n, 1), dtype=torch.long, device=device)
-                for i, r in enumerate(rows):
-                    if r.done:
-                        continue
-                    r.hist.append(h[i].clone())
-                    if len(r.ids) < len(forced):
-                        t = int(forced[len(r.ids)])
-                        if not r.accept(t, float("inf"), -1, 0.0, self._piece(t)):
-                            r.fail("A repair branch left the SQL grammar.")
-                            continue
-                    else:
-                        t = self._step(r, i, logits[i], h[i], bitmask, rng, temperature, len(forced), tok, vocab)
-                    if t is None:
-                        continue   # backtracked, failed or stopped: nothing to feed this step
-                    if len(r.ids) >= max_new_tokens:
-                        r.fail(f"The SQL was cut off at {max_new_tokens} tokens.")
-                        continue
-                    feed[i, 0], fed[i, 0] = t, 1
-                    r.cache_pos.append(attn.shape[1])
-                if all(r.done for r in rows):
-                    break
-                attn = torch.cat([attn, fed], dim=1)
-                # a row's next position counts only its own kept tokens (masked holes do not advance it)
-                pos = torch.tensor([[len(ids) + len(r.ids) - 1] for r in rows], device=device)
-                out = self.inner(input_ids=feed, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                                 use_cache=True)
-                cache, h_new = out.past_key_values, out.last_hidden_state[:, -1]
-                for i, r in enumerate(rows):
-                    if fed[i, 0]:
-                        h[i] = h_new[i]
-                    elif r.restore is not None:      # backtracked: continue from the hidden state kept there
-                        h[i] = r.restore
-                        attn[i, r.holes] = 0
-                        r.restore, r.holes = None, []
-            seconds = time.perf_counter() - t0
-            return [r.result(self.decode, seconds, spec is not None) for r in rows]
+        return self.candidates_many([GenRequest(prompt, grammar, max_new_tokens, prefix=prefix, n=n, binder=binder,
+                                                seed=seed, temperature=temperature, forced=tuple(forced))])[0]
+
+    def candidates_many(self, requests: list["GenRequest"]) -> list[list[Generation]]:
+        """Several questions' candidates decoded as one batch (each with its own prompt, grammar and binder);
+        the result for each request is the one `candidates` gives it alone (see DecodeBatch)."""
+        with self._lock:
+            batch = DecodeBatch(self)
+            handles = [batch.add(r) for r in requests]
+            done = dict(batch.pop_finished())   # requests that failed before decoding (cancelled)
+            while batch.rows:
+                batch.step()
+                done.update(batch.pop_finished())
+        for h in handles:
+            if isinstance(done[h], BaseException):
+                raise done[h]
+        return [done[h] for h in handles]
 
     def _step(self, r, i, row_logits, h_i, bitmask, rng, temperature, n_forced, tok, vocab):
         """Choose row r's next token; returns it, or None when the row backtracked, stopped or failed.
@@ -311,6 +259,270 @@ class SqlGenerator:
             return frozenset()
         enc = self.loaded.tokenizer(variants, add_special_tokens=False)["input_ids"]
         return frozenset(t for seq in enc for t in seq)
+
+
+@dataclass
+class GenRequest:
+    """One question's decoding: what `SqlGenerator.candidates` takes, as data (so requests can be batched)."""
+    prompt: str
+    grammar: str | None
+    max_new_tokens: int
+    prefix: str | None = None
+    n: int = 1
+    binder: object = None
+    seed: int = 0
+    temperature: float = 0.7
+    forced: tuple = ()
+    cancelled: Callable[[], bool] | None = None  # polled between steps: True drops the request's rows
+
+
+class RequestCancelled(Exception):
+    """The caller gave up on a request (a client disconnected, the service is stopping); its rows were dropped.
+    Deliberately not an Nl2SqlError: it must end the question, never become an answer's error."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What the pipeline needs from a text generator: SqlGenerator in process, nl2sql.batching's
+    BatchingGenerator in the server, ScriptedGenerator in tests, and later a remote OpenAI-compatible server
+    with guided decoding. Repair (nl2sql/repair.py) needs `decode` and the Generation's ids/margins/runners_up."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def adapter_name(self) -> str | None: ...
+
+    def decode(self, ids) -> str: ...
+
+    def generate(self, prompt: str, grammar: str | None, max_new_tokens: int, prefix: str | None = None,
+                 forced: tuple = (), binder=None) -> Generation: ...
+
+    def candidates(self, prompt: str, grammar: str | None, max_new_tokens: int, *, prefix: str | None = None,
+                   n: int = 1, binder=None, seed: int = 0, temperature: float = 0.7,
+                   forced: tuple = ()) -> list[Generation]: ...
+
+    def candidates_many(self, requests: list[GenRequest]) -> list[list[Generation]]: ...
+
+
+def _full_cache():
+    """A KV cache that keeps every position in every layer, Gemma's sliding-window layers included (the window
+    is then applied by the attention mask). Caches of different questions can be merged row-wise only when
+    their layers have the same layout, which a sliding layer's rolling buffer does not give."""
+    from transformers import DynamicCache
+    return DynamicCache()
+
+
+class _Live:
+    """A request in a DecodeBatch: its rows, prompt length, vocabulary head, random stream and clock."""
+
+    def __init__(self, handle, req: GenRequest, rows: list, n_ids: int, vocab, head, constrained: bool, rng, t0):
+        self.handle, self.req, self.rows, self.n_ids = handle, req, rows, n_ids
+        self.vocab, self.head, self.constrained, self.rng, self.t0 = vocab, head, constrained, rng, t0
+        self.steps = 0
+        self.error: BaseException | None = None
+
+
+class DecodeBatch:
+    """Rows of several requests decoding together, one token per row per `step()`; requests may join while
+    others are mid-way (continuous batching) and leave as soon as their rows are done.
+
+    Each request is prefilled alone (its schema prefix's cache + its question), then its cache is merged into
+    the batch's: the shorter side is left-padded with masked slots. Every row keeps its own position ids, so a
+    row attends to exactly the keys it would alone, at the same distances from the newest slot (which is what
+    Gemma's sliding-window layers measure); rows differ only by float rounding of the batched matrix products.
+    """
+
+    def __init__(self, gen: "SqlGenerator"):
+        self.gen = gen
+        self.device = gen.loaded.device
+        self.rows: list[_Row] = []     # the batch's rows, in cache order
+        self.owner: list[_Live] = []   # the request of each row
+        self.live: list[_Live] = []
+        self.cache = None
+        self.attn = None               # [rows, slots] 1 where a slot holds one of the row's kept tokens
+        self.h = None                  # [rows, hidden] the hidden state each row decodes its next token from
+        self._finished: list = []
+        self._next = 0
+
+    def add(self, req: GenRequest):
+        """Prefill `req` and append its rows; returns its handle (results come from pop_finished)."""
+        import torch
+        g, tok = self.gen, self.gen.loaded.tokenizer
+        handle, self._next = self._next, self._next + 1
+        t0 = time.perf_counter()
+        if req.cancelled is not None and req.cancelled():
+            live = _Live(handle, req, [], 0, None, None, False, None, t0)
+            live.error = RequestCancelled()
+            self._finished.append((handle, live))
+            return handle
+        with torch.inference_mode():
+            ids = tok(req.prompt, add_special_tokens=True)["input_ids"]
+            n_prefix = 0  # reuse the schema's cache only when the prompt tokenizes to exactly that prefix + the rest
+            if req.prefix:
+                p_ids = tok(req.prefix, add_special_tokens=True)["input_ids"]
+                if ids[: len(p_ids)] == p_ids and len(p_ids) < len(ids):
+                    n_prefix = len(p_ids)
+            cache = g._prefix(tuple(ids[:n_prefix])) if n_prefix else _full_cache()
+            vocab = g._vocab_for(req.prompt, ids, req.prefix)  # None: the whole output layer
+            head = g.lm_head if vocab is None else g.lm_head[vocab]
+            out = g.inner(input_ids=torch.tensor([ids[n_prefix:]], device=self.device), past_key_values=cache,
+                          use_cache=True)
+            cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+            n = max(1, req.n)
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+                h = h.expand(n, -1)
+            spec = g._grammar_spec(req.grammar) if req.grammar is not None else None
+            rows = [_Row(g._matcher(spec) if spec is not None else None, req.binder, i == 0 or req.temperature <= 0)
+                    for i in range(n)]
+            live = _Live(handle, req, rows, len(ids), vocab, head, spec is not None,
+                         torch.Generator().manual_seed(req.seed), t0)
+            self._merge(cache, h.clone(), torch.ones((n, len(ids)), dtype=torch.long, device=self.device), rows, live)
+        return handle
+
+    def _merge(self, cache, h, attn, rows, live) -> None:
+        import torch
+        import torch.nn.functional as F
+        if self.cache is None:
+            self.cache, self.h, self.attn = cache, h, attn
+        else:
+            have, new = self.attn.shape[1], attn.shape[1]
+            if new < have:
+                _left_pad(cache, have - new)
+                attn = F.pad(attn, (have - new, 0))
+            elif new > have:
+                _left_pad(self.cache, new - have)
+                self.attn = F.pad(self.attn, (new - have, 0))
+                for r in self.rows:  # slot numbers moved right by the padding
+                    r.cache_pos = [p + new - have for p in r.cache_pos]
+            for mine, theirs in zip(self.cache.layers, cache.layers):
+                mine.keys = torch.cat([mine.keys, theirs.keys])
+                mine.values = torch.cat([mine.values, theirs.values])
+            self.attn = torch.cat([self.attn, attn])
+            self.h = torch.cat([self.h, h])
+        self.rows += rows
+        self.owner += [live] * len(rows)
+        self.live.append(live)
+
+    def step(self) -> None:
+        """One token for every row that is still decoding (or one backtrack), then drop finished requests."""
+        import torch
+        g, tok = self.gen, self.gen.loaded.tokenizer
+        n = len(self.rows)
+        with torch.inference_mode():
+            for live in self.live:
+                live.steps += 1
+                if live.req.cancelled is not None and live.req.cancelled():
+                    live.error = RequestCancelled()
+                    for r in live.rows:
+                        r.done = True
+                elif live.steps > 2 * live.req.max_new_tokens + 8 * _MAX_BACKTRACKS:
+                    for r in live.rows:
+                        if not r.done:
+                            r.fail(f"The SQL was not finished within {live.steps - 1} decoding steps.")
+            bitmask = None
+            if any(live.constrained for live in self.live):
+                import llguidance.torch
+                bitmask = llguidance.torch.allocate_token_bitmask(n, g.backend.llg_tokenizer.vocab_size)
+            feed = torch.zeros((n, 1), dtype=torch.long, device=self.device)
+            fed = torch.zeros((n, 1), dtype=torch.long, device=self.device)
+            i = 0
+            for live in self.live:   # rows of one request are contiguous: their logits in one product
+                k = len(live.rows)
+                if all(r.done for r in live.rows):
+                    i += k
+                    continue
+                logits = g._logits(self.h[i:i + k], live.head, live.vocab)
+                forced, req = live.req.forced, live.req
+                for j, r in enumerate(live.rows):
+                    if not r.done:
+                        t = self._row_step(r, i + j, logits[j], bitmask, live, forced, tok)
+                        if t is not None:
+                            feed[i + j, 0], fed[i + j, 0] = t, 1
+                            r.cache_pos.append(self.attn.shape[1])
+                i += k
+            if any(not r.done for r in self.rows):
+                self.attn = torch.cat([self.attn, fed], dim=1)
+                # a row's next position counts only its own kept tokens (masked holes do not advance it)
+                pos = torch.tensor([[o.n_ids + len(r.ids) - 1] for r, o in zip(self.rows, self.owner)],
+                                   device=self.device)
+                out = g.inner(input_ids=feed, attention_mask=self.attn, position_ids=pos,
+                              past_key_values=self.cache, use_cache=True)
+                self.cache, h_new = out.past_key_values, out.last_hidden_state[:, -1]
+                for i, r in enumerate(self.rows):
+                    if fed[i, 0]:
+                        self.h[i] = h_new[i]
+                    elif r.restore is not None:      # backtracked: continue from the hidden state kept there
+                        self.h[i] = r.restore
+                        self.attn[i, r.holes] = 0
+                        r.restore, r.holes = None, []
+            self._retire()
+
+    def _row_step(self, r, i, row_logits, bitmask, live, forced, tok):
+        g = self.gen
+        r.hist.append(self.h[i].clone())
+        if len(r.ids) < len(forced):
+            t = int(forced[len(r.ids)])
+            if not r.accept(t, float("inf"), -1, 0.0, g._piece(t)):
+                r.fail("A repair branch left the SQL grammar.")
+                return None
+        else:
+            t = g._step(r, i, row_logits, self.h[i], bitmask, live.rng, live.req.temperature, len(forced), tok,
+                        live.vocab)
+        if t is None:
+            return None   # backtracked, failed or stopped: nothing to feed this step
+        if len(r.ids) >= live.req.max_new_tokens:
+            r.fail(f"The SQL was cut off at {live.req.max_new_tokens} tokens.")
+            return None
+        return t
+
+    def _retire(self) -> None:
+        """Move requests whose rows are all done out of the batch (their cache rows with them)."""
+        import torch
+        done = [live for live in self.live if all(r.done for r in live.rows)]
+        if not done:
+            return
+        self._finished += [(live.handle, live) for live in done]
+        keep = [i for i, o in enumerate(self.owner) if o not in done]
+        self.live = [live for live in self.live if live not in done]
+        if not keep:
+            self.rows, self.owner, self.cache, self.attn, self.h = [], [], None, None, None
+            return
+        idx = torch.tensor(keep, device=self.device)
+        self.cache.batch_select_indices(idx)
+        self.rows = [self.rows[i] for i in keep]
+        self.owner = [self.owner[i] for i in keep]
+        self.attn, self.h = self.attn[idx], self.h[idx]
+        # slots no remaining row uses (the padding a longer, finished request needed) are dropped from the left
+        lead = int(self.attn.any(dim=0).long().argmax())
+        if lead > 0:
+            self.attn = self.attn[:, lead:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+            for r in self.rows:
+                r.cache_pos = [p - lead for p in r.cache_pos]
+
+    def pop_finished(self) -> list:
+        """(handle, list of Generation) for each request finished since the last call; a cancelled request's
+        entry is the RequestCancelled exception instead."""
+        out = []
+        for handle, live in self._finished:
+            if live.error is not None:
+                out.append((handle, live.error))
+            else:
+                seconds = time.perf_counter() - live.t0
+                out.append((handle, [r.result(self.gen.decode, seconds, live.constrained) for r in live.rows]))
+        self._finished = []
+        return out
+
+
+def _left_pad(cache, k: int) -> None:
+    """k masked slots in front of every layer's keys and values."""
+    import torch.nn.functional as F
+    for layer in cache.layers:
+        layer.keys = F.pad(layer.keys, (0, 0, k, 0))
+        layer.values = F.pad(layer.values, (0, 0, k, 0))
 
 
 _MAX_BACKTRACKS = 6        # per row; past that the row decodes under the grammar alone

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS entries (
 """
 # Columns added after the first release; older logs gain them on open.
 _ADDED = {"raw_sql": "TEXT", "dialect": "TEXT", "session": "TEXT", "context": "TEXT",
-          "rated_at": "REAL", "corrected_at": "REAL", "candidates": "INTEGER", "agreement": "INTEGER"}
+          "rated_at": "REAL", "corrected_at": "REAL", "candidates": "INTEGER", "agreement": "INTEGER",
+          "client": "TEXT"}  # client: who asked through `nl2sql serve` (its client name and address); NULL in process
 
 
 class QueryLog:
@@ -51,16 +52,18 @@ class QueryLog:
     def record(self, *, question: str, db: str | None, sql: str | None, executed: bool, error: str | None = None,
                model: str | None = None, adapter: str | None = None, latency: float | None = None,
                raw_sql: str | None = None, dialect: str | None = None, session: str | None = None,
-               context: list | None = None, candidates: int | None = None, agreement: int | None = None) -> int:
+               context: list | None = None, candidates: int | None = None, agreement: int | None = None,
+               client: str | None = None) -> int:
         """Log one answered question; returns the entry id that feedback() refers to.
         candidates/agreement: how many SQL candidates were decoded and how many agreed on the answer."""
         con = self._connect()
         try:
             cur = con.execute(
                 "INSERT INTO entries (created, db, question, sql, executed, error, model, adapter, latency, raw_sql, "
-                "dialect, session, context, candidates, agreement) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "dialect, session, context, candidates, agreement, client) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), db, question, sql, int(executed), error, model, adapter, latency, raw_sql, dialect,
-                 session, json.dumps(context) if context else None, candidates, agreement))
+                 session, json.dumps(context) if context else None, candidates, agreement, client))
             return int(cur.lastrowid)
         finally:
             con.close()

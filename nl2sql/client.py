@@ -1,0 +1,128 @@
+"""The client of `nl2sql serve`: `nl2sql.ask(..., server=URL)` (or NL2SQL_SERVER) asks the service instead of
+loading a model, and gets the same Answer back. Standard library only (urllib), so a notebook needs nothing
+beyond nl2sql itself.
+
+    >>> Client("http://127.0.0.1:8765").url
+    'http://127.0.0.1:8765'
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import urllib.error
+import urllib.request
+
+from . import errors
+from .config import Settings
+from .errors import ConnectError, InputError, Nl2SqlError
+
+
+class ServerError(Nl2SqlError):
+    """The server answered with an error that is not one of nl2sql's own (or did not answer properly)."""
+
+
+def _default_client_name() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # noqa: BLE001 - no user name in this environment
+        return socket.gethostname()
+
+
+class Client:
+    """Talks to one `nl2sql serve` URL. `token` defaults to NL2SQL_API_TOKEN; `name` (user@host by default)
+    goes to the server's query log as the client that asked."""
+
+    def __init__(self, url: str, *, token: str | None = None, name: str | None = None, timeout: float = 300.0,
+                 settings: Settings | None = None):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InputError(f"The server URL {url!r} is not an http(s) URL.",
+                             hint="Example: server='http://127.0.0.1:8765' (what `nl2sql serve` prints).")
+        settings = settings or Settings.from_env()
+        self.url = url.rstrip("/")
+        self.token = token if token is not None else settings.api_token
+        self.name = name or _default_client_name()
+        self.timeout = timeout
+
+    # --- the endpoints ------------------------------------------------------------------------
+    def ask(self, question: str, db=None, *, execute: bool = True, session: str | None = None):
+        """The server's answer as an nl2sql Answer (df rebuilt from the JSON rows; entry_id set)."""
+        from .api import Answer
+        if db is not None and not isinstance(db, str):
+            raise InputError("Through a server, db= is the name of one of the server's databases.",
+                             hint="Pass a name from Client.databases(), or unset NL2SQL_SERVER to use your own "
+                                  "connection in process.")
+        body = self._call("POST", "/v1/ask", {"question": question, "db": db, "execute": execute, "session": session})
+        fields = {k: v for k, v in body.items() if k in Answer.__dataclass_fields__ and k != "df"}
+        answer = Answer(**fields)
+        answer.df = _frame(body.get("result"))
+        answer.entry_id = body.get("entry_id")
+        return answer
+
+    def execute(self, sql: str, db: str | None = None):
+        """Run one read-only query on the server (its guarded executor); returns nl2sql.executor.Result."""
+        from .executor import Result
+        body = self._call("POST", "/v1/execute", {"sql": sql, "db": db})
+        return Result(body["sql"], _frame(body["result"]), body["truncated"], body["seconds"])
+
+    def feedback(self, entry_id: int, *, rating: int | None = None, comment: str | None = None,
+                 corrected_sql: str | None = None) -> None:
+        self._call("POST", "/v1/feedback", {"entry_id": entry_id, "rating": rating, "comment": comment,
+                                            "corrected_sql": corrected_sql})
+
+    def schema(self, db: str | None = None) -> dict:
+        return self._call("GET", "/v1/schema" + (f"?db={urllib.parse.quote(db)}" if db else ""))
+
+    def databases(self) -> list[str]:
+        return self._call("GET", "/v1/databases")["databases"]
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    # --- HTTP -----------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        req.add_header("X-Nl2SQL-Client", self.name)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            raise _error_from(e, self.url) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConnectError(f"The nl2sql server at {self.url} did not answer ({reason}); it may be stopped or "
+                               "restarting.", hint="Start it with `nl2sql serve`, retry in a moment, or unset "
+                                                   "NL2SQL_SERVER to answer in process.") from None
+
+
+def _error_from(e, url: str) -> Nl2SqlError:
+    """The Nl2SqlError the server's JSON names (the same class the library would raise), with its hint."""
+    try:
+        body = json.loads(e.read() or b"{}")
+    except ValueError:
+        body = {}
+    message = body.get("error") or f"The server at {url} answered HTTP {e.code}."
+    hint = body.get("hint")
+    if e.code == 429 and e.headers.get("Retry-After"):
+        hint = hint or f"Retry in {e.headers['Retry-After']} s."
+    if e.code == 404 and not body.get("error_type"):
+        hint = "Is this URL an `nl2sql serve` service?"
+    cls = getattr(errors, body.get("error_type") or "", None)
+    if not (isinstance(cls, type) and issubclass(cls, Nl2SqlError)):
+        cls = ServerError
+    err = cls(message, hint=hint)
+    err.status = e.code
+    return err
+
+
+def _frame(result):
+    if result is None:
+        return None
+    import pandas as pd
+    return pd.DataFrame(result["rows"], columns=result["columns"])

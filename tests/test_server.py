@@ -1,0 +1,255 @@
+"""`nl2sql serve` (nl2sql/server.py) and its client (nl2sql/client.py), with the scripted model on the demo warehouse:
+tokens, limits, database allowlist, the query log's client column, a client that disconnects, ask(server=URL)."""
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from nl2sql.batching import check_cancelled  # noqa: E402
+from nl2sql.generate import ScriptedGenerator  # noqa: E402
+from nl2sql.querylog import QueryLog  # noqa: E402
+from nl2sql.server import check_listen, create_app  # noqa: E402
+
+TOKEN = "s3cret-token-for-tests"
+COUNT = "SELECT COUNT(*) FROM customers"
+
+
+@pytest.fixture
+def srv_settings(settings, tmp_path):
+    return settings.replace(query_log=str(tmp_path / "log.sqlite"), api_token=TOKEN, candidates=1)
+
+
+def client_for(s, outputs=(), generator=None):
+    return TestClient(create_app(s, generator=generator or ScriptedGenerator(list(outputs))))
+
+
+def auth(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_ask_answers_and_logs_the_client(srv_settings):
+    c = client_for(srv_settings, [COUNT])
+    r = c.post("/v1/ask", json={"question": "How many customers are there?"},
+               headers={**auth(), "X-Nl2SQL-Client": "ana@laptop"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["error"] is None and body["sql"].lower().startswith("select count")
+    n = body["result"]["rows"][0][0]
+    import nl2sql
+    assert n == int(nl2sql.execute(COUNT, settings=srv_settings).df.iloc[0, 0])
+    [entry] = QueryLog(srv_settings.query_log_path).entries()
+    assert entry["id"] == body["entry_id"] and entry["client"].startswith("ana@laptop@")
+    assert entry["question"] == "How many customers are there?" and entry["db"] == "demo"
+    r = c.post("/v1/feedback", json={"entry_id": body["entry_id"], "rating": 1}, headers=auth())
+    assert r.status_code == 200
+    assert QueryLog(srv_settings.query_log_path).entries()[0]["rating"] == 1
+
+
+def test_missing_or_wrong_token_is_401_and_nothing_is_logged(srv_settings, caplog):
+    c = client_for(srv_settings, [COUNT, COUNT])
+    for headers in ({}, auth("wrong-token"), {"Authorization": TOKEN}):
+        r = c.post("/v1/ask", json={"question": "How many customers are there?"}, headers=headers)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        assert "NL2SQL_API_TOKEN" in r.json()["hint"]
+    assert c.get("/v1/schema", headers=auth("nope")).status_code == 401
+    assert c.get("/health").status_code == 200          # probes and the API docs need no token
+    assert c.get("/openapi.json").status_code == 200
+    assert QueryLog(srv_settings.query_log_path).entries() == []
+    log_bytes = srv_settings.query_log_path.read_bytes()
+    assert b"wrong-token" not in log_bytes and TOKEN.encode() not in log_bytes
+    assert "wrong-token" not in caplog.text and TOKEN not in caplog.text
+
+
+def test_request_over_the_size_limit_is_413(srv_settings):
+    c = client_for(srv_settings.replace(serve_max_request_bytes=2000), [COUNT])
+    r = c.post("/v1/ask", json={"question": "x" * 5000}, headers=auth())
+    assert r.status_code == 413 and "NL2SQL_SERVE_MAX_REQUEST_BYTES" in r.json()["hint"]
+
+    def chunks():  # no Content-Length: counted as it streams
+        for _ in range(10):
+            yield b"x" * 500
+    r = c.post("/v1/ask", content=chunks(), headers={**auth(), "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert QueryLog(srv_settings.query_log_path).entries() == []
+
+
+def test_a_flood_gets_429_with_retry_after_and_the_service_stays_up(srv_settings):
+    c = client_for(srv_settings.replace(serve_requests_per_minute=5), [COUNT] * 10)
+    codes = [c.get("/v1/databases", headers=auth()).status_code for _ in range(12)]
+    assert codes[:5] == [200] * 5 and set(codes[5:]) == {429}
+    r = c.get("/v1/databases", headers=auth())
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert "NL2SQL_SERVE_REQUESTS_PER_MINUTE" in r.json()["hint"]
+    assert c.get("/health").json()["status"] == "ok"
+    assert 'nl2sql_requests_total{path="/v1/databases",status="429"}' in c.get("/metrics").text
+
+
+@pytest.mark.parametrize("db", ["postgresql://postgres@127.0.0.1:5432/postgres", "/etc/passwd", "sales"])
+def test_a_database_outside_the_servers_list_is_403(srv_settings, db):
+    c = client_for(srv_settings, [COUNT])
+    for r in (c.post("/v1/ask", json={"question": "How many customers?", "db": db}, headers=auth()),
+              c.post("/v1/execute", json={"sql": "SELECT 1", "db": db}, headers=auth()),
+              c.get("/v1/schema", params={"db": db}, headers=auth())):
+        assert r.status_code == 403, r.text
+        assert "NL2SQL_SERVE_DATABASES" in r.json()["hint"] and "demo" in r.json()["error"]
+        assert "postgres@" not in r.text
+    assert QueryLog(srv_settings.query_log_path).entries() == []
+
+
+def test_named_databases_are_served(srv_settings, sqlite_db):
+    s = srv_settings.replace(serve_databases=f"demo,singers={sqlite_db}")
+    c = client_for(s, ["SELECT COUNT(*) FROM singer"])
+    assert c.get("/v1/databases", headers=auth()).json()["databases"] == ["demo", "singers"]
+    r = c.post("/v1/ask", json={"question": "How many singers?", "db": "singers"}, headers=auth())
+    assert r.json()["result"]["rows"] == [[6]]
+    tables = {t["name"] for t in c.get("/v1/schema", params={"db": "singers"}, headers=auth()).json()["tables"]}
+    assert {"singer", "concert"} <= tables
+
+
+def test_execute_takes_the_guarded_path(srv_settings):
+    c = client_for(srv_settings)
+    r = c.post("/v1/execute", json={"sql": "DELETE FROM customers"}, headers=auth())
+    assert r.status_code == 422 and r.json()["error_type"] in ("UnsafeSQLError", "ValidationError")
+    r = c.post("/v1/execute", json={"sql": COUNT}, headers=auth())
+    assert r.status_code == 200 and r.json()["result"]["rows"][0][0] > 0
+
+
+def test_input_errors_are_clear(srv_settings):
+    c = client_for(srv_settings, [COUNT])
+    r = c.post("/v1/ask", json={"question": "   "}, headers=auth())
+    assert r.status_code == 422 and r.json()["error_type"] == "InputError"
+    r = c.post("/v1/feedback", json={"entry_id": 1, "rating": 5}, headers=auth())
+    assert r.status_code == 422
+
+
+def test_no_token_no_listening_beyond_localhost(settings):
+    from nl2sql.errors import ConfigError
+    check_listen("127.0.0.1", settings.replace(api_token=""))
+    with pytest.raises(ConfigError, match="NL2SQL_API_TOKEN"):
+        check_listen("0.0.0.0", settings.replace(api_token=""))
+    check_listen("0.0.0.0", settings.replace(api_token=TOKEN))
+
+
+# --- a real uvicorn server in a thread: disconnects and the client library ---------------------------
+
+class _Slow(ScriptedGenerator):
+    """Decodes 'for ever' (until cancelled), checking the cancel scope as the batcher does between steps."""
+
+    def __init__(self, outputs):
+        super().__init__(outputs)
+        self.started, self.cancelled = threading.Event(), threading.Event()
+
+    def candidates(self, *a, **kw):
+        self.started.set()
+        try:
+            for _ in range(1000):
+                time.sleep(0.01)
+                check_cancelled()
+        except BaseException:
+            self.cancelled.set()
+            raise
+        return super().candidates(*a, **kw)
+
+
+@pytest.fixture
+def live(srv_settings):
+    import uvicorn
+    servers = []
+
+    def start(s, generator):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(create_app(s, generator=generator), host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        servers.append(server)
+        return f"http://127.0.0.1:{port}"
+    yield start
+    for server in servers:
+        server.should_exit = True
+
+
+def test_a_client_that_disconnects_cancels_its_work_and_nothing_is_logged(srv_settings, live):
+    gen = _Slow([COUNT])
+    url = live(srv_settings, gen)
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"question": "How many customers are there?"}).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /v1/ask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert gen.started.wait(10)
+    sock.close()                      # the analyst closed the notebook
+    assert gen.cancelled.wait(10)     # the work stopped well before its 10 s
+    time.sleep(0.2)
+    assert QueryLog(srv_settings.query_log_path).entries() == []
+    from nl2sql.client import Client
+    metrics = urllib_get(url + "/metrics")
+    assert "nl2sql_asks_cancelled_total 1" in metrics
+    assert Client(url, token=TOKEN).health()["status"] == "ok"   # and the service is still up
+
+
+def urllib_get(url):
+    import urllib.request
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().decode()
+
+
+def test_ask_through_the_server_returns_the_same_answer(srv_settings, live, monkeypatch):
+    import nl2sql
+    from nl2sql.api import Answer
+    url = live(srv_settings, ScriptedGenerator([COUNT, COUNT]))
+    monkeypatch.setenv("NL2SQL_API_TOKEN", TOKEN)
+    a = nl2sql.ask("How many customers are there?", server=url)
+    assert isinstance(a, Answer) and a.ok and a.model == "scripted" and a.db == "demo"
+    assert int(a.df.iloc[0, 0]) == int(nl2sql.execute(COUNT, settings=srv_settings).df.iloc[0, 0])
+    monkeypatch.setenv("NL2SQL_SERVER", url)   # the environment variable does the same
+    b = nl2sql.ask("How many customers are there?")
+    assert b.sql == a.sql and b.entry_id == a.entry_id + 1
+    entries = QueryLog(srv_settings.query_log_path).entries()
+    assert len(entries) == 2 and all(e["client"] for e in entries)
+
+
+def test_client_errors_say_what_to_do(srv_settings, live):
+    from nl2sql.client import Client
+    from nl2sql.errors import ConfigError, ConnectError, InputError
+    url = live(srv_settings, ScriptedGenerator([]))
+    with pytest.raises(ConfigError, match="token"):
+        Client(url, token="wrong").ask("How many customers?")
+    with pytest.raises(InputError):
+        Client(url, token=TOKEN).ask("   ")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    with pytest.raises(ConnectError, match="nl2sql serve"):
+        Client(f"http://127.0.0.1:{dead}", token=TOKEN).health()
+    with pytest.raises(InputError, match="name of one of the server's databases"):
+        Client(url, token=TOKEN).ask("How many?", db=object())
+
+
+def test_an_old_query_log_gains_the_client_column(tmp_path):
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, db TEXT, "
+                "question TEXT NOT NULL, sql TEXT, corrected_sql TEXT, executed INTEGER, error TEXT, rating INTEGER, "
+                "comment TEXT, model TEXT, adapter TEXT, latency REAL)")
+    con.execute("INSERT INTO entries (created, question) VALUES (1, 'old question')")
+    con.commit()
+    con.close()
+    log = QueryLog(path)
+    log.record(question="new", db="demo", sql="SELECT 1", executed=True, client="bo@host")
+    old, new = log.entries()
+    assert old["client"] is None and new["client"] == "bo@host"
