@@ -32,6 +32,8 @@ class Answer:
     attempts: int = 1               # decodings tried (more than one when nl2sql/repair.py branched)
     candidates: int = 1             # candidates decoded together (NL2SQL_CANDIDATES)
     agreement: int = 1              # how many valid candidates gave this answer's result: the confidence
+    examples: list = field(default_factory=list)  # questions of the verified pairs shown to the model
+    glossary: list = field(default_factory=list)  # names of the glossary entries shown to the model
 
     @property
     def ok(self) -> bool:
@@ -69,7 +71,8 @@ class _Question:
     question: str
     db: object
     execute: bool
-    examples: list
+    examples: list     # (question, SQL) pairs shown before the question
+    notes: str         # the glossary entries the question mentions, rendered (nl2sql/glossary.py)
     index: object      # nl2sql.values.ValueIndex, or None
     value_hints: tuple  # the values the question seems to mention (nl2sql.values.link_values)
     timer: _Timer
@@ -94,6 +97,7 @@ class Pipeline:
         self._warehouses: dict = {}
         self._schemas: dict = {}
         self._link_indexes: dict = {}
+        self._example_store = None
         self._generator = generator
         self._lock = threading.Lock()
 
@@ -143,6 +147,33 @@ class Pipeline:
             self._link_indexes[key] = (schema, SchemaIndex.build(schema, self.settings))
         return self._link_indexes[key][1]
 
+    def glossary(self, db, schema: Schema):
+        """The business glossary of `db` (nl2sql/glossary.py), checked against its schema, or None.
+
+        NL2SQL_GLOSSARY: 'off'; a path; or empty: the shipped glossary for the demo warehouse, else a
+        <file>.glossary.yml beside a file database when there is one."""
+        from .glossary import glossary_for
+        setting = self.settings.glossary.strip()
+        if setting.lower() == "off":
+            return None
+        if setting:
+            return glossary_for(schema, setting, self.settings)
+        path = default_glossary_path(db)
+        return glossary_for(schema, path, self.settings) if path is not None else None
+
+    @property
+    def example_store(self):
+        """Verified pairs from the query log (nl2sql/examples.py), refreshed as the log changes."""
+        if self._example_store is None:
+            from .examples import ExampleStore
+            self._example_store = ExampleStore(self.settings.query_log_path)
+        return self._example_store
+
+    def examples_for(self, db, schema: Schema, question: str) -> list:
+        """The verified pairs of `db` most similar to `question` (NL2SQL_EXAMPLES of them), most similar first."""
+        from .querylog import db_key
+        return self.example_store.search(db_key(db), question, self.settings.examples, schema=schema)
+
     def link(self, schema: Schema, question: str, value_hints=()):
         """The part of `schema` this question needs; small schemas pass through whole."""
         linked = self.link_index(schema).prune(question, max_tables=self.settings.link_max_tables,
@@ -156,7 +187,8 @@ class Pipeline:
         return linked
 
     # --- the composition ----------------------------------------------------------------------
-    def ask(self, question: str, db=None, *, execute: bool = True, examples=()) -> Answer:
+    def ask(self, question: str, db=None, *, execute: bool = True, examples=None) -> Answer:
+        """`examples`: (question, SQL) pairs to show the model; None retrieves verified pairs of `db`."""
         t0 = time.perf_counter()
         timer = _Timer()
         question = check_question(question, self.settings)
@@ -168,12 +200,21 @@ class Pipeline:
             with timer("values"):
                 index = self.values(db, full)
                 value_hints = link_values(question, index)
-        with timer("link"):  # a table holding a value the question mentions counts as named by it
-            linked = self.link(full, question, value_hints)
+        with timer("knowledge"):  # the team's glossary entries and verified pairs this question calls for
+            glossary = self.glossary(db, full)
+            entries = glossary.relevant(question) if glossary else []
+            if examples is None:
+                found = self.examples_for(db, full, question)
+                examples = [(e.question, e.sql) for e in reversed(found)]  # the most similar nearest the question
+        with timer("link"):  # a table holding a value the question mentions, or a glossary column, counts as named
+            mentions = glossary.mentions(entries) if glossary else []
+            linked = self.link(full, question, tuple(value_hints) + tuple(mentions))
         gen = self.generator
         answer = Answer(question, model=gen.model_name, adapter=gen.adapter_name, db=full.name,
-                        candidates=max(1, self.settings.candidates))
-        q = _Question(question, db, execute, list(examples), index, value_hints, timer, answer)
+                        candidates=max(1, self.settings.candidates),
+                        examples=[q for q, _ in examples], glossary=[e.name for e in entries])
+        from .glossary import render
+        q = _Question(question, db, execute, list(examples), render(entries), index, value_hints, timer, answer)
         best = self._solve(q, linked.schema)
         if best.error is not None and linked.pruned:  # the model reached outside the subset: widen once
             names = self.link_index(full).outside_names(best.generation.text, linked)
@@ -197,7 +238,7 @@ class Pipeline:
         if self.settings.value_hints:
             from .values import format_hints
             hints = format_hints(q.value_hints)
-        prompt = build_prompt(schema, q.question, q.examples, hints=hints)
+        prompt = build_prompt(schema, q.question, q.examples, hints=hints, notes=q.notes)
         prefix = render_schema(schema) + "\n"  # shared by every question on this schema: its KV cache is reused
         grammar = binder = None
         if self.settings.constrained:
@@ -322,6 +363,19 @@ def check_question(question, settings: Settings) -> str:
         raise InputError(f"The question is {len(q):,} characters long; the limit is {settings.max_question_chars:,}.",
                          hint="Ask a shorter question, or raise NL2SQL_MAX_QUESTION_CHARS.")
     return q
+
+
+def default_glossary_path(db):
+    """Where a database's glossary is looked for when NL2SQL_GLOSSARY is empty (None: nowhere)."""
+    from pathlib import Path
+    if db is None:
+        from schemas.demo import GLOSSARY
+        return GLOSSARY
+    if isinstance(db, str) and "://" not in db:
+        path = Path(db).expanduser()
+        candidate = path.with_name(path.stem + ".glossary.yml")
+        return candidate if candidate.exists() else None
+    return None
 
 
 _pipelines: dict = {}

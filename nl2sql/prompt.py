@@ -109,13 +109,18 @@ def render_schema(schema: Schema) -> str:
     return "\n".join(lines)
 
 
-def build_prompt(schema: Schema, question: str, examples: list[tuple[str, str]] = (), hints: str = "") -> str:
+def build_prompt(schema: Schema, question: str, examples: list[tuple[str, str]] = (), hints: str = "",
+                 notes: str = "") -> str:
     """Model input for one question. The model continues it with one SQL statement, then end-of-text.
 
-    `hints`: a line of database values the question seems to mention (nl2sql/values.py `format_hints`); it
-    comes after the schema, so the schema part stays a prefix shared by every question (its KV cache is reused).
+    `notes`: the glossary entries the question mentions (nl2sql/glossary.py `render`); `examples`: verified
+    (question, SQL) pairs of this database (nl2sql/examples.py); `hints`: a line of database values the
+    question seems to mention (nl2sql/values.py `format_hints`). All come after the schema, so the schema
+    part stays a prefix shared by every question (its KV cache is reused).
     """
     parts = [render_schema(schema)]
+    if notes:
+        parts.append(notes)
     for q, sql in examples:
         parts.append(f"-- Question: {_clean_question(q)}\n-- SQL:\n{sql}")
     if hints:

@@ -82,6 +82,29 @@ class QueryLog:
         finally:
             con.close()
 
+    def add_verified(self, pairs, *, db: str, dialect: str | None, comment: str) -> int:
+        """Write verified (question, SQL) pairs as corrected entries, all in one transaction (a failure leaves
+        the log as it was). Used by `nl2sql examples import`; nl2sql/examples.py retrieves them."""
+        pairs = list(pairs)
+        if not pairs:
+            return 0
+        now = time.time()
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany(
+                    "INSERT INTO entries (created, db, question, sql, corrected_sql, executed, rating, comment, "
+                    "dialect, session, rated_at, corrected_at) VALUES (?, ?, ?, ?, ?, 0, 1, ?, ?, 'import', ?, ?)",
+                    [(now, db, q, sql, sql, comment, dialect, now, now) for q, sql in pairs])
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            return len(pairs)
+        finally:
+            con.close()
+
     def entries(self) -> list[dict]:
         con = self._connect()
         con.row_factory = sqlite3.Row
@@ -115,3 +138,20 @@ class QueryLog:
         os.replace(tmp, out)
         return len(rows)
 
+
+def db_key(db) -> str:
+    """How the log names a database: 'demo', a resolved file path, or the URL without its password (so the
+    training pipeline can reopen it, the example store can find its pairs, and no secret is written to disk)."""
+    if db is None:
+        return "demo"
+    url = getattr(db, "url", None)  # a SQLAlchemy Engine
+    if url is not None and not isinstance(db, str):
+        return url.set(password=None).render_as_string(hide_password=False)
+    db = str(db)
+    if "://" in db:
+        try:
+            import sqlalchemy as sa
+            return sa.make_url(db).set(password=None).render_as_string(hide_password=False)
+        except Exception:  # noqa: BLE001 - an unparsable URL is named by its scheme only
+            return db.split("://", 1)[0] + "://…"
+    return str(Path(db).expanduser().resolve())

@@ -10,6 +10,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 DDL = HERE / "retail.sql"
 PAIRS = HERE / "demo_pairs.jsonl"
+GLOSSARY = HERE / "retail.glossary.yml"  # the demo team's business glossary (nl2sql/glossary.py)
 VERSION = "retail-v1"
 SEED = 20261128
 

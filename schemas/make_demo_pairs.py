@@ -166,7 +166,8 @@ def pairs():
         keys = list(params)
         for values in itertools.product(*(params[k] for k in keys)) if keys else [()]:
             sub = dict(zip(keys, values))
-            yield {"question": q.format(**sub), "sql": sql.format(**sub), "db": "demo"}
+            # kind: the template, so that benchmarks can hold out whole kinds of question, not rewordings
+            yield {"question": q.format(**sub), "sql": sql.format(**sub), "db": "demo", "kind": q}
 
 
 def main():
