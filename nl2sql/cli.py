@@ -125,6 +125,48 @@ def cmd_role_sql(args) -> int:
     return 0
 
 
+def cmd_examples(args) -> int:
+    from .api import Pipeline
+    from .querylog import QueryLog, db_key
+    pipe = Pipeline(_settings(args))
+    schema = pipe.schema(args.db)
+    if args.action == "import":
+        from .examples import import_pairs
+        if not args.file:
+            from .errors import InputError
+            raise InputError("Which pairs file?", hint="nl2sql examples import pairs.jsonl [--db URL]")
+        n, problems = import_pairs(args.file, schema=schema, log=QueryLog(pipe.settings.query_log_path),
+                                   db_key=db_key(args.db), settings=pipe.settings)
+        for p in problems:
+            print(f"skipped {p}", file=sys.stderr)
+        print(f"imported {n} verified pair(s) for {db_key(args.db)}; the next question can use them")
+        return 1 if problems else 0
+    found = pipe.example_store.search(db_key(args.db), args.question or "", args.k, schema=schema)
+    for e in found:
+        print(f"-- [{e.source} #{e.entry_id}] {e.question}\n{e.sql}")
+    if not found:
+        print("(no verified pairs match)", file=sys.stderr)
+    return 0
+
+
+def cmd_glossary(args) -> int:
+    from .api import Pipeline, default_glossary_path
+    from .glossary import load_glossary, render
+    pipe = Pipeline(_settings(args))
+    schema = pipe.schema(args.db)
+    path = args.file or pipe.settings.glossary or default_glossary_path(args.db)
+    if not path or str(path).lower() == "off":
+        print("no glossary for this database (set NL2SQL_GLOSSARY or pass --file)", file=sys.stderr)
+        return 1
+    g = load_glossary(path, schema, pipe.settings)
+    print(f"{path}: {len(g.entries)} entries checked against {schema.name}")
+    for p in g.problems:
+        print(f"refused {p}", file=sys.stderr)
+    if args.question:
+        print(render(g.relevant(args.question)) or "(no entry mentioned)")
+    return 1 if g.problems else 0
+
+
 def cmd_serve(args) -> int:
     from .server import serve
     s = _settings(args)
@@ -192,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--schema", default="public", help="PostgreSQL schema to grant SELECT on (default: public)")
     r.add_argument("--host", default="%", help="MariaDB/MySQL host pattern of the login (default: %%)")
     r.set_defaults(func=cmd_role_sql)
+    ex = sub.add_parser("examples", help="verified question/SQL pairs retrieved into prompts: import a file, or search")
+    ex.add_argument("action", choices=["import", "search"])
+    ex.add_argument("file", nargs="?", help="import: JSON lines of {question, sql} in the warehouse's SQL")
+    ex.add_argument("--db", help="the database the pairs belong to (default: the demo warehouse)")
+    ex.add_argument("--question", help="search: the question to find neighbours of")
+    ex.add_argument("-k", type=int, default=3, help="search: how many")
+    ex.set_defaults(func=cmd_examples)
+
+    gl = sub.add_parser("glossary", help="check a business glossary against the live schema (and show what a "
+                                         "question would get)")
+    gl.add_argument("action", choices=["check"])
+    gl.add_argument("--db", help="the database it describes (default: the demo warehouse)")
+    gl.add_argument("--file", help="glossary YAML (default: NL2SQL_GLOSSARY, or the one found for --db)")
+    gl.add_argument("--question", help="also print the entries this question would get")
+    gl.set_defaults(func=cmd_glossary)
+
     sv = sub.add_parser("serve", help="answer questions over HTTP for many analysts (one warm model, batched)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond localhost needs NL2SQL_API_TOKEN)")
     sv.add_argument("--port", type=int, default=8765)

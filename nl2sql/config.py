@@ -63,6 +63,13 @@ class Settings:
         True, "Rewrite a string literal compared with a text column to the column's own spelling of it "
         "('france' -> 'France'), from the value index (nl2sql/values.py).")
     value_budget: float = setting(5.0, "Seconds the first question on a database may spend reading its text values.")
+    glossary: str = setting(
+        "", "Business glossary (YAML, nl2sql/glossary.py; README 'Team knowledge'): a path, 'off', or empty for the "
+        "default: the shipped one for the demo warehouse, else <database file>.glossary.yml next to a file database "
+        "if there is one. The entries a question mentions go into its prompt.")
+    examples: int = setting(
+        3, "Verified question/SQL pairs of the same database (corrections, thumbs-up answers, imported pairs; "
+        "nl2sql/examples.py) retrieved into each prompt as examples, most similar first. 0 = none.")
     temperature: float = setting(1.0, "Sampling temperature of the candidates after the first (the first is greedy).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")
