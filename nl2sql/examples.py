@@ -27,11 +27,21 @@ class Example:
     entry_id: int
 
 
-class _Index:
-    def __init__(self, examples: list[Example]):
+class PairIndex:
+    """BM25 over the questions of a list of pairs (anything with .question): inference's example store and
+    training's neighbour prompts (training/data.py) retrieve the same way."""
+
+    def __init__(self, pairs: list):
         from .linking import _BM25, words
-        self.examples = examples
-        self.bm25 = _BM25([words(e.question) for e in examples])
+        self.examples = pairs
+        self.bm25 = _BM25([words(e.question) for e in pairs])
+
+    def ranked(self, question: str) -> list[int]:
+        """Positions of the pairs sharing a word with `question`, most similar first (newest first on ties)."""
+        from .linking import words
+        scores = self.bm25.scores(words(question))
+        return sorted(scores, key=lambda i: (-scores[i], -i))
+
 
 
 class ExampleStore:
@@ -39,21 +49,19 @@ class ExampleStore:
 
     def __init__(self, log_path):
         self.log_path = Path(log_path)
-        self._indexes: dict[str, tuple[tuple, _Index]] = {}
+        self._indexes: dict[str, tuple[tuple, PairIndex]] = {}
         self._lock = threading.Lock()
 
     def search(self, db_key: str, question: str, k: int, schema=None, exclude_question: str | None = None
                ) -> list[Example]:
         """The k verified pairs of `db_key` most similar to `question`, most similar first. With `schema`, pairs
         whose SQL no longer validates against it are skipped."""
-        from .linking import words
         if k <= 0:
             return []
         index = self._index(db_key)
         if index is None or not index.examples:
             return []
-        scores = index.bm25.scores(words(question))
-        order = sorted(scores, key=lambda i: (-scores[i], -index.examples[i].entry_id))
+        order = index.ranked(question)
         out: list[Example] = []
         seen: set[str] = set()
         for i in order:
@@ -69,7 +77,7 @@ class ExampleStore:
                 break
         return out
 
-    def _index(self, db_key: str) -> _Index | None:
+    def _index(self, db_key: str) -> PairIndex | None:
         if not self.log_path.exists():
             return None
         try:
@@ -97,7 +105,7 @@ class ExampleStore:
             text = _model_dialect(corrected or sql, dialect)
             if text:
                 latest[" ".join(question.lower().split())] = Example(question, text, source, entry_id)
-        index = _Index(list(latest.values()))
+        index = PairIndex(list(latest.values()))
         with self._lock:
             self._indexes[db_key] = (stamp, index)
         return index

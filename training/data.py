@@ -47,10 +47,16 @@ def _reason(err: Exception) -> str:
     return msg.split(":")[0][:80]
 
 
-def make_examples(pairs, schemas: dict[str, Schema], report: PrepReport | None = None) -> list[Example]:
-    """pairs: iterable of dicts {question, sql, db}; schemas: db → Schema. Returns kept examples."""
+def make_examples(pairs, schemas: dict[str, Schema], report: PrepReport | None = None, *, neighbours: int = 0,
+                  glossaries: dict | None = None) -> list[Example]:
+    """pairs: iterable of dicts {question, sql, db}; schemas: db → Schema. Returns kept examples.
+
+    Prompts are built as inference builds them (nl2sql/api.py): with `neighbours`, the k most similar other
+    pairs of the same database as examples (never the pair itself), so the model learns to use retrieved
+    examples; with `glossaries` (db → nl2sql.glossary.Glossary), the entries each question mentions."""
     report = report if report is not None else PrepReport()
     seen = set()
+    followups: set[int] = set()
     out = []
     for p in pairs:
         report.read += 1
@@ -74,8 +80,43 @@ def make_examples(pairs, schemas: dict[str, Schema], report: PrepReport | None =
         seen.add(key)
         # a follow-up keeps the (question, SQL) pairs it was asked after, so training sees the prompt inference saw
         context = [tuple(c) for c in p.get("context") or () if isinstance(c, (list, tuple)) and len(c) == 2]
+        if context:
+            followups.add(len(out))
         out.append(Example(db, q, target, build_prompt(schema, q, context)))
     report.kept = len(out)
+    if neighbours > 0 or glossaries:
+        out = with_knowledge(out, schemas, neighbours, glossaries or {}, skip=followups)
+    return out
+
+
+def with_knowledge(examples: list[Example], schemas: dict[str, Schema], neighbours: int, glossaries: dict,
+                   skip=frozenset()) -> list[Example]:
+    """The examples with prompts that carry retrieved neighbours and glossary entries (see make_examples);
+    those at positions in `skip` (follow-ups, whose prompt already shows the pairs asked before) keep theirs."""
+    from dataclasses import replace
+
+    from nl2sql.examples import PairIndex
+    from nl2sql.glossary import render
+    by_db: dict[str, list[int]] = collections.defaultdict(list)
+    for i, e in enumerate(examples):
+        by_db[e.db].append(i)
+    out = list(examples)
+    for db, members in by_db.items():
+        pairs = [examples[i] for i in members]
+        index = PairIndex(pairs)
+        glossary = glossaries.get(db)
+        for j, e in enumerate(pairs):
+            if members[j] in skip:
+                continue
+            own = " ".join(e.question.lower().split())
+            near = []
+            for k in index.ranked(e.question) if neighbours > 0 else ():
+                if k != j and " ".join(pairs[k].question.lower().split()) != own:
+                    near.append((pairs[k].question, pairs[k].sql))
+                if len(near) == neighbours:
+                    break
+            notes = render(glossary.relevant(e.question)) if glossary else ""
+            out[members[j]] = replace(e, prompt=build_prompt(schemas[db], e.question, near[::-1], notes=notes))
     return out
 
 

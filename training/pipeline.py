@@ -44,7 +44,13 @@ def log_examples(path: Path, settings, report: PrepReport):
             schemas[r["db"]] = pipe.schema(key)
         except Exception:  # a database that no longer exists: its pairs are dropped and counted
             wh_failed.add(r["db"])
-    return make_examples(rows, schemas, report)
+    # the prompts inference will build for these databases: their glossary entries and retrieved neighbours
+    glossaries = {}
+    for db, schema in schemas.items():
+        g = pipe.glossary(None if db == "demo" else db, schema)
+        if g:
+            glossaries[db] = g
+    return make_examples(rows, schemas, report, neighbours=settings.examples, glossaries=glossaries)
 
 
 def gate_score(adapter: str, cases, settings) -> float:
