@@ -11,6 +11,7 @@ import getpass
 import json
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from . import errors

@@ -434,7 +434,7 @@ class DecodeBatch:
                     i += k
                     continue
                 logits = g._logits(self.h[i:i + k], live.head, live.vocab)
-                forced, req = live.req.forced, live.req
+                forced = live.req.forced
                 for j, r in enumerate(live.rows):
                     if not r.done:
                         t = self._row_step(r, i + j, logits[j], bitmask, live, forced, tok)

@@ -1,0 +1,104 @@
+"""Throughput and latency of `nl2sql serve` with 1, 4, 8 and 16 concurrent clients (real model, demo warehouse).
+
+Starts a local `nl2sql serve` (its own query log in a temporary directory), answers the first 16 demo questions one
+at a time (the reference answers and the one-question latency), then sends the first C questions at once for each
+C and reports wall time, throughput, p50/p90 latency, errors and how many answers equal the one-at-a-time answers.
+
+    NL2SQL_THREADS=2 .venv/bin/python benchmarks/serve_concurrency.py [--clients 1,4,8,16] [--port 8799]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", default="1,4,8,16")
+    ap.add_argument("--port", type=int, default=8799)
+    args = ap.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    from nl2sql.client import Client
+    from nl2sql.errors import Nl2SqlError
+    from nl2sql.evaluate import demo_cases
+    questions = [c.question if hasattr(c, "question") else c["question"] for c in demo_cases()][: max(levels)]
+
+    tmp = tempfile.mkdtemp(prefix="nl2sql-serve-bench-")
+    env = {**os.environ, "NL2SQL_QUERY_LOG": f"{tmp}/log.sqlite", "NL2SQL_API_TOKEN": "bench",
+           "NL2SQL_SERVE_REQUESTS_PER_MINUTE": "100000", "HF_HUB_OFFLINE": "1"}
+    url = f"http://127.0.0.1:{args.port}"
+    proc = subprocess.Popen([sys.executable, "-m", "nl2sql.cli", "serve", "--port", str(args.port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/serve.log", "w"))
+    try:
+        client = Client(url, token="bench", name="benchmark", timeout=900)
+        t0 = time.perf_counter()
+        while True:
+            try:
+                client.health()
+                break
+            except Nl2SqlError:
+                if proc.poll() is not None or time.perf_counter() - t0 > 120:
+                    print(open(f"{tmp}/serve.log").read()[-2000:], file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+        t = time.perf_counter()
+        client.ask(questions[0])     # loads the model, the schema's caches and the grammar
+        print(f"server up and warm in {time.perf_counter() - t0:.1f} s (first answer {time.perf_counter() - t:.1f} s)")
+
+        def ask(q):
+            t = time.perf_counter()
+            try:
+                a = client.ask(q)
+                return a.sql or a.raw_sql, a.error, time.perf_counter() - t
+            except Nl2SqlError as e:
+                return None, f"{type(e).__name__}: {e}", time.perf_counter() - t
+        reference, alone = {}, []
+        for q in questions:          # one at a time: the reference answers
+            sql, err, s = ask(q)
+            reference[q] = sql
+            alone.append(s)
+        one = statistics.median(alone)
+        print(f"one at a time over {len(questions)} questions: median {one:.2f} s, p90 {pct(alone, 90):.2f} s, "
+              f"longest {max(alone):.2f} s")
+        print("\n| clients | wall s | questions/min | p50 s | p90 s | errors | same as alone | wall / one (median) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for c in levels:
+            qs = questions[:c]
+            t = time.perf_counter()
+            with ThreadPoolExecutor(c) as pool:
+                out = list(pool.map(ask, qs))
+            wall = time.perf_counter() - t
+            lat = [s for _, _, s in out]
+            errors = sum(1 for sql, err, _ in out if sql is None)
+            same = sum(1 for q, (sql, _, _) in zip(qs, out) if sql == reference[q])
+            print(f"| {c} | {wall:.1f} | {60 * c / wall:.1f} | {pct(lat, 50):.2f} | {pct(lat, 90):.2f} | {errors} | "
+                  f"{same}/{c} | {wall / one:.1f}x |")
+            for q, (sql, _, _) in zip(qs, out):
+                if sql != reference[q]:
+                    print(f"    differs: {q!r}: alone {reference[q]!r} / together {sql!r}")
+        print(f"\nload average after the run: {os.getloadavg()[0]:.2f} (NL2SQL_THREADS={os.environ.get('NL2SQL_THREADS', '')})")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
