@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a LoRA adapter on a query log or Spider, gate it, and promote it")
     t.add_argument("--log", help="JSONL of {question, sql, db} pairs (e.g. from `nl2sql log export`)")
     t.add_argument("--spider", help="Spider folder: train on train_spider.json")
+    t.add_argument("--synth", action="store_true", help="train on question/SQL pairs generated from the connected "
+                   "schema and its glossary (a new warehouse's first adapter; with --log, on both)")
+    t.add_argument("--db", help="--synth: the database to generate pairs from (default: the demo warehouse)")
+    t.add_argument("--synth-pairs", type=int, default=400, help="--synth: how many pairs at most")
     t.add_argument("--out", help="run directory (default: runs/train/<version>)")
     t.add_argument("--epochs", type=float, default=None, help="passes over the pairs (default: 1 for --log, 2 for --spider)")
     t.add_argument("--max-examples", type=int, default=0)

@@ -51,9 +51,9 @@ def make_examples(pairs, schemas: dict[str, Schema], report: PrepReport | None =
                   glossaries: dict | None = None) -> list[Example]:
     """pairs: iterable of dicts {question, sql, db}; schemas: db → Schema. Returns kept examples.
 
-    Prompts are built as inference builds them (nl2sql/api.py): with `neighbours`, the k most similar other
-    pairs of the same database as examples (never the pair itself), so the model learns to use retrieved
-    examples; with `glossaries` (db → nl2sql.glossary.Glossary), the entries each question mentions."""
+    Prompts are built as inference builds them (nl2sql/api.py): with `neighbours` k, between 0 and k of the
+    most similar other pairs of the same database as examples (never the pair itself), so the model learns
+    to use retrieved examples and to do without; with `glossaries` (db → nl2sql.glossary.Glossary), the entries each question mentions."""
     report = report if report is not None else PrepReport()
     seen = set()
     followups: set[int] = set()
@@ -109,11 +109,13 @@ def with_knowledge(examples: list[Example], schemas: dict[str, Schema], neighbou
             if members[j] in skip:
                 continue
             own = " ".join(e.question.lower().split())
+            # 0..k neighbours, fixed per question: inference meets both an empty log and a full one
+            want = random.Random(own).randint(0, neighbours) if neighbours > 0 else 0
             near = []
-            for k in index.ranked(e.question) if neighbours > 0 else ():
+            for k in index.ranked(e.question) if want > 0 else ():
                 if k != j and " ".join(pairs[k].question.lower().split()) != own:
                     near.append((pairs[k].question, pairs[k].sql))
-                if len(near) == neighbours:
+                if len(near) == want:
                     break
             notes = render(glossary.relevant(e.question)) if glossary else ""
             out[members[j]] = replace(e, prompt=build_prompt(schemas[db], e.question, near[::-1], notes=notes))

@@ -72,12 +72,23 @@ def train_command(args, settings, score=gate_score) -> int:
     from nl2sql.evaluate import Case
 
     from .sft import TrainConfig, file_sha256, train
-    if not args.log and not args.spider:
-        raise TrainingError("Nothing to train on.", hint="Pass --log PAIRS.jsonl (from `nl2sql log export`) or --spider DIR.")
+    synth = getattr(args, "synth", False)
+    if not args.log and not args.spider and not synth:
+        raise TrainingError("Nothing to train on.", hint="Pass --log PAIRS.jsonl (from `nl2sql log export`), --synth "
+                            "(pairs generated from the connected schema and glossary) or --spider DIR.")
     version = registry.new_version(settings.data_dir)
     run_dir = Path(args.out) if args.out else Path("runs") / "train" / version
     run_dir.mkdir(parents=True, exist_ok=True)
     report = PrepReport()
+    if synth:  # a new warehouse's first adapter: pairs from its own schema and glossary (training/synth.py)
+        from nl2sql.api import Pipeline
+        from .synth import synthesize
+        pairs = synthesize(Pipeline(settings), getattr(args, "db", None), limit=getattr(args, "synth_pairs", 400))
+        if args.log:  # logged pairs too, when there are some
+            pairs += read_jsonl(Path(args.log))
+        args.log = str(run_dir / "synth_pairs.jsonl")
+        Path(args.log).write_text("".join(json.dumps(p) + "\n" for p in pairs))
+        print(f"generated {len(pairs)} pairs from the schema and glossary: {args.log}")
     if args.log:
         examples = log_examples(Path(args.log), settings, report)
         source = Path(args.log)
