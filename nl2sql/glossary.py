@@ -273,3 +273,51 @@ _CACHE: dict = {}
 def _fingerprint(schema: Schema) -> str:
     return json.dumps([(t.name, [c.name for c in t.columns]) for t in schema.tables])
 
+
+
+# --- where a team's own glossary is saved (the data-team page, nl2sql/ui/team.py) ---------------------------
+
+def user_glossary_path(settings, db) -> Path:
+    """Where a user's glossary for `db` is written when NL2SQL_GLOSSARY names no file: beside a file database
+    (`<file>.glossary.yml`, which the pipeline finds by itself), else under <data_dir>/glossaries/ (the demo
+    warehouse's shipped glossary lives inside the package and is never overwritten).
+
+    >>> from nl2sql.config import Settings
+    >>> user_glossary_path(Settings(data_dir=Path("/d")), None).as_posix()
+    '/d/glossaries/demo.glossary.yml'
+    >>> user_glossary_path(Settings(data_dir=Path("/d")), "/w/shop.sqlite").as_posix()
+    '/w/shop.glossary.yml'
+    """
+    if db is None:
+        return Path(settings.data_dir) / "glossaries" / "demo.glossary.yml"
+    if isinstance(db, str) and "://" not in db:
+        path = Path(db).expanduser()
+        return path.with_name(path.stem + ".glossary.yml")
+    import hashlib
+    import re
+
+    from .querylog import db_key
+    key = db_key(db)  # the URL without its password: no secret in a file name
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", key.split("://", 1)[-1]).strip("_")[:60] or "database"
+    return Path(settings.data_dir) / "glossaries" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.glossary.yml"
+
+
+def save_glossary(path, text: str, schema: Schema, *, settings=None) -> Glossary:
+    """Check `text` as `load_glossary` would, then write it to `path` atomically (a temporary file, then
+    os.replace), so a reader never sees half a file. Text that is not a glossary at all (invalid YAML, unknown
+    sections) raises ConfigError and nothing is written; entries with problems are written anyway (the loader
+    leaves them out) and come back in `.problems`."""
+    import os
+    path = Path(path).expanduser()
+    glossary = parse_glossary(text, schema, settings=settings, source=str(path))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text if text.endswith("\n") or not text else text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"Cannot write the glossary {path}: {e.strerror or e}.",
+                          hint="Check that the folder exists and is writable, or point NL2SQL_GLOSSARY at a "
+                               "file you can write.") from None
+    return glossary
