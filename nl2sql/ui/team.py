@@ -192,7 +192,8 @@ def _glossary(pipe, db, schema) -> None:
         st.caption(f"In use: `{in_use}` (shipped with nl2sql, never modified). Save writes your copy to `{target}`.")
     if load_error:
         st.error(f"The glossary in use cannot be loaded: {load_error}")
-    if target.exists() and in_use is not None and in_use.expanduser().resolve() != target.expanduser().resolve():
+    used = in_use is not None and in_use.expanduser().resolve() == target.expanduser().resolve()
+    if target.exists() and not used and settings.glossary.strip().lower() != "off":
         st.warning(f"Your saved glossary `{target}` is not the one questions use. Set "
                    f"`NL2SQL_GLOSSARY={target}` and restart the app to use it.")
 
