@@ -150,15 +150,17 @@ class Pipeline:
     def glossary(self, db, schema: Schema):
         """The business glossary of `db` (nl2sql/glossary.py), checked against its schema, or None.
 
-        NL2SQL_GLOSSARY: 'off'; a path; or empty: the shipped glossary for the demo warehouse, else a
-        <file>.glossary.yml beside a file database when there is one."""
-        from .glossary import glossary_for
+        NL2SQL_GLOSSARY: 'off'; a path; or empty: the copy the data-team page saved for this database
+        (nl2sql.glossary.user_glossary_path) if there is one, else the shipped glossary for the demo warehouse,
+        else a <file>.glossary.yml beside a file database when there is one."""
+        from .glossary import glossary_for, user_glossary_path
         setting = self.settings.glossary.strip()
         if setting.lower() == "off":
             return None
         if setting:
             return glossary_for(schema, setting, self.settings)
-        path = default_glossary_path(db)
+        user = user_glossary_path(self.settings, db)
+        path = user if user.exists() else default_glossary_path(db)
         return glossary_for(schema, path, self.settings) if path is not None else None
 
     @property
@@ -369,7 +371,7 @@ def default_glossary_path(db):
     """Where a database's glossary is looked for when NL2SQL_GLOSSARY is empty (None: nowhere)."""
     from pathlib import Path
     if db is None:
-        from schemas.demo import GLOSSARY
+        from .schemas.demo import GLOSSARY
         return GLOSSARY
     if isinstance(db, str) and "://" not in db:
         path = Path(db).expanduser()
