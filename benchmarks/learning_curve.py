@@ -35,7 +35,7 @@ CONFIGS = ("retrieval+glossary", "retrieval", "train+glossary", "both+glossary")
 def split(seed: int, held_out: float, per_kind: int):
     """(test pairs: up to per_kind of each held-out kind, pool of corrections from the other kinds, in the
     order an analyst would log them)."""
-    from schemas.demo import PAIRS
+    from nl2sql.schemas.demo import PAIRS
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
     kinds = sorted({r["kind"] for r in rows})
     random.Random(seed).shuffle(kinds)
@@ -63,8 +63,8 @@ def train_adapter(pairs, settings, out: Path, epochs: float, neighbours: int, gl
 
     from nl2sql.api import Pipeline
     from nl2sql.model import resolve_adapter
-    from training.data import make_examples
-    from training.sft import TrainConfig, train
+    from nl2sql.training.data import make_examples
+    from nl2sql.training.sft import TrainConfig, train
     pipe = Pipeline(settings)
     schema = pipe.schema(None)
     glossaries = {"demo": pipe.glossary(None, schema)} if glossary else {}

@@ -78,7 +78,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from training.pipeline import train_command
+    from .training.pipeline import train_command
     return train_command(args, _settings(args))
 
 

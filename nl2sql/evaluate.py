@@ -154,7 +154,7 @@ def spider_cases(spider_dir: Path, questions: Path | None = None) -> list[Case]:
 
 
 def demo_cases(limit: int = 0) -> list[Case]:
-    from schemas.demo import PAIRS
+    from .schemas.demo import PAIRS
     rows = [json.loads(l) for l in PAIRS.read_text().splitlines() if l.strip()]
     rows = rows[:limit] if limit else rows
     return [Case(r["question"], r["sql"], None, "demo") for r in rows]

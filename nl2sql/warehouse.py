@@ -26,7 +26,7 @@ def open_warehouse(db=None, settings=None) -> "Warehouse":
     from .config import Settings
     settings = settings or Settings.from_env()
     if db is None:
-        from schemas.demo import demo_warehouse_path
+        from .schemas.demo import demo_warehouse_path
         return DuckDBWarehouse(demo_warehouse_path(settings), settings, name="demo retail warehouse")
     if hasattr(db, "execute") and type(db).__module__.lstrip("_").startswith("duckdb"):  # duckdb 1.x: _duckdb
         return DuckDBWarehouse(None, settings, conn=db, name="duckdb connection")

@@ -174,7 +174,7 @@ def main():
     from nl2sql.api import Pipeline
     from nl2sql.executor import run_checked
     from nl2sql.validate import validate
-    from schemas.demo import PAIRS
+    from nl2sql.schemas.demo import PAIRS
     pipe = Pipeline()
     schema, wh = pipe.schema(None), pipe.warehouse(None)
     kept = []

@@ -24,7 +24,7 @@ def demo(settings):
 
 
 def test_shipped_demo_glossary_loads_clean_against_the_live_warehouse(demo):
-    from schemas.demo import GLOSSARY
+    from nl2sql.schemas.demo import GLOSSARY
     g = load_glossary(GLOSSARY, demo)
     assert g.problems == ()
     assert {"revenue", "units sold", "calendar", "states"} <= {e.name for e in g.entries}
@@ -33,7 +33,7 @@ def test_shipped_demo_glossary_loads_clean_against_the_live_warehouse(demo):
 
 
 def test_only_the_entries_a_question_mentions_are_retrieved(demo):
-    from schemas.demo import GLOSSARY
+    from nl2sql.schemas.demo import GLOSSARY
     g = load_glossary(GLOSSARY, demo)
     names = lambda q: [e.name for e in g.relevant(q)]  # noqa: E731
     assert "revenue" in names("What were total sales per region?")          # by synonym

@@ -63,7 +63,7 @@ def test_prompt_makes_database_text_inert():
 
 
 def test_training_uses_the_inference_prompt():
-    from training.data import make_examples
+    from nl2sql.training.data import make_examples
     ex = make_examples([{"question": "How many orders?", "sql": "SELECT count(*) FROM orders", "db": "shop"}], {"shop": SCHEMA})
     assert ex[0].prompt == build_prompt(SCHEMA, "How many orders?")
     assert ex[0].sql == "SELECT COUNT(*) FROM orders"

@@ -10,7 +10,7 @@ import pytest
 
 from nl2sql.api import Pipeline
 from nl2sql.executor import execute
-from training.synth import Synthesizer, synthesize
+from nl2sql.training.synth import Synthesizer, synthesize
 
 from conftest import SPIDER
 

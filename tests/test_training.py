@@ -8,7 +8,7 @@ import torch
 from nl2sql import registry
 from nl2sql.errors import ConfigError, TrainingError
 from nl2sql.schema import Column, Schema, Table
-from training.data import PrepReport, make_examples, read_jsonl, split_by_database
+from nl2sql.training.data import PrepReport, make_examples, read_jsonl, split_by_database
 
 SCHEMA = Schema("shop", "sqlite", (Table("orders", (Column("order_id", "INTEGER", True), Column("status", "TEXT"))),))
 
@@ -50,7 +50,7 @@ def test_tiny_lora_run_moves_only_adapter_weights(tmp_path, settings):
     from safetensors.torch import load_file
 
     from nl2sql.model import bundled_checkpoint
-    from training.sft import TrainConfig, train
+    from nl2sql.training.sft import TrainConfig, train
     ckpt = bundled_checkpoint(settings.cache_dir)
     base_before = load_file(str(ckpt / "model.safetensors"))
     probe = "model.layers.0.self_attn.q_proj.weight"
@@ -113,7 +113,7 @@ def test_gate_refuses_a_worse_adapter(tmp_path, settings, sqlite_db, fake_pipeli
 
     from nl2sql.evaluate import run_eval
     from nl2sql.registry import PACKAGE_ADAPTER
-    from training.pipeline import train_command
+    from nl2sql.training.pipeline import train_command
     pairs = [("How many singers are there?", "SELECT count(*) FROM singer"),
              ("List all singer names.", "SELECT name FROM singer"),
              ("What is the average singer age?", "SELECT avg(age) FROM singer"),
@@ -151,8 +151,8 @@ def test_gate_refuses_a_worse_adapter(tmp_path, settings, sqlite_db, fake_pipeli
 def test_exported_query_log_becomes_training_examples(tmp_path, settings, sqlite_db):
     """What the app logs (a correction, a thumbs-up, a thumbs-down, a follow-up) is what training reads."""
     from nl2sql.querylog import QueryLog
-    from training.data import PrepReport
-    from training.pipeline import log_examples
+    from nl2sql.training.data import PrepReport
+    from nl2sql.training.pipeline import log_examples
     log = QueryLog(tmp_path / "log.sqlite")
     db = str(sqlite_db)
     a = log.record(question="How many singers?", db=db, sql="SELECT COUNT(*) FROM singer", executed=True, dialect="sqlite")
@@ -177,7 +177,7 @@ def test_shared_schema_prefix_gives_the_same_loss_and_gradients(settings):
     """Training runs the schema once per batch and reuses its KV cache; that must change nothing but the cost."""
     from peft import LoraConfig, get_peft_model
 
-    from training.sft import TARGET_MODULES, TrainConfig, collate, load_base, shared_prefix_len, sql_token_loss, tokenize
+    from nl2sql.training.sft import TARGET_MODULES, TrainConfig, collate, load_base, shared_prefix_len, sql_token_loss, tokenize
     model, tok, _ = load_base(TrainConfig(cache_dir=str(settings.cache_dir)), torch.float32)
     schema = "-- Database shop. Tables:\norders(order_id number pk, status text e.g. \"open\",\"shipped\", total number)\n"
     examples = [{"prompt": schema + f"-- Question: {q}\n-- SQL:\n", "sql": s} for q, s in

@@ -22,7 +22,7 @@ for s, ids in json.load(open("/tmp/bundle/tok/expected_ids.json")).items():
 print("tokenizer matches inference")
 PY
 nvidia-smi -L
-python3 -m training.sft --data $B/spider_train.jsonl.gz --out /tmp/run --base $B/model.gguf --tokenizer $B/tok \
+python3 -m nl2sql.training.sft --data $B/spider_train.jsonl.gz --out /tmp/run --base $B/model.gguf --tokenizer $B/tok \
     --batch-size 16 --grad-accum 1 --epochs "${EPOCHS:-4}" --lr 4e-4 --save-every 0 --log-every 50 \
     --max-minutes "${MAX_MINUTES:-6}" 2>&1 | grep -v -E "Warning|warn" | tee "$OUT/train.log"
 cp /tmp/run/adapter_config.json /tmp/run/adapter_model.safetensors /tmp/run/train_meta.json "$OUT/"

@@ -3,7 +3,7 @@
 Runs unchanged on a 2-core CPU (bf16 through AMX where the CPU has it) and on a GPU. Imports nothing that
 touches databases, so it can run on a bare training machine with torch, transformers and peft.
 
-    python -m training.sft --data examples.jsonl.gz --out runs/a1 [--base bundled|DIR|FILE.gguf]
+    python -m nl2sql.training.sft --data examples.jsonl.gz --out runs/a1 [--base bundled|DIR|FILE.gguf]
 """
 from __future__ import annotations
 
