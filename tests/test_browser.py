@@ -1,10 +1,13 @@
 """End to end in a real browser: `streamlit run app.py` on a free localhost port, headless Chromium (the Debian
 `chromium` and `chromium-driver` packages; nothing is downloaded), the real bundled model on the demo warehouse.
 
-Asks a question, waits for the table and the chart, clicks thumbs-up and finds the rating in the query log.
+Asks a question and, while its answer is being written, a second one: both answers stay on the page as a thread,
+with their tables and charts, and both are in the query log in order. Clicks thumbs-up and finds the rating in
+the log. Then SIGTERM mid-answer: the server is gone within a few seconds.
 Screenshots go to $NL2SQL_TEST_ARTIFACTS (default: the test's tmp dir); their paths are printed.
 """
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -20,6 +23,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.model]
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 QUESTION = "How many stores do we have in each region?"
+QUESTION2 = "How many customers are there in each segment?"
 ANSWER_WAIT = 900  # the first question loads the model (and converts the GGUF once, about a minute)
 
 
@@ -31,6 +35,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path):
+    """(url, query log path, server log path, process) of `streamlit run app.py` on a free localhost port."""
     port = _free_port()
     env = {**os.environ, "NL2SQL_QUERY_LOG": str(tmp_path / "querylog.sqlite"),
            "NL2SQL_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
@@ -51,7 +56,7 @@ def server(tmp_path):
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url, Path(env["NL2SQL_QUERY_LOG"]), tmp_path / "streamlit.log"
+        yield url, Path(env["NL2SQL_QUERY_LOG"]), tmp_path / "streamlit.log", proc
     finally:
         proc.terminate()
         try:
@@ -87,41 +92,78 @@ def _artifacts(tmp_path) -> Path:
     return d
 
 
-def test_ask_see_table_and_chart_rate_it_in_chromium(server, browser, tmp_path):
+MAIN = '[data-testid="stMainBlockContainer"]'
+BOX = '[data-testid="stChatInputTextArea"]'
+STATUS = '[data-testid="stExpanderIconSpinner"]'  # the running st.status: an answer being written
+
+
+def _in_main(browser, css):
+    from selenium.webdriver.common.by import By
+    return browser.find_element(By.CSS_SELECTOR, MAIN).find_elements(By.CSS_SELECTOR, css)
+
+
+def _ask(browser, question):
+    """Type a question into the chat box; the box is found afresh (a rerun may redraw it)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
-    url, log_path, server_log = server
-    main = (By.CSS_SELECTOR, '[data-testid="stMainBlockContainer"]')
+    box = WebDriverWait(browser, 120).until(
+        lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, BOX) if b.is_enabled()])[0]
+    box.send_keys(question)
+    box.send_keys(Keys.ENTER)
+
+
+def _open(browser, url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser.get(url)
+    WebDriverWait(browser, 120).until(  # the demo warehouse is open
+        lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, BOX) if b.is_enabled()])
+
+
+def test_two_questions_thread_chart_and_rating_in_chromium(server, browser, tmp_path):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    url, log_path, server_log, _ = server
+    main = (By.CSS_SELECTOR, MAIN)
 
     def in_main(css):
-        return browser.find_element(*main).find_elements(By.CSS_SELECTOR, css)
+        return _in_main(browser, css)
 
     def failed():
         alerts = [a.text for a in in_main('[data-testid="stAlertContainer"], [data-testid="stException"]')]
         return [a for a in alerts if a.strip()]
 
-    browser.get(url)
-    box = WebDriverWait(browser, 120).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stChatInputTextArea"]'))[0]
-    WebDriverWait(browser, 120).until(lambda d: box.is_enabled())  # the demo warehouse is open
-    box.send_keys(QUESTION)
-    box.send_keys(Keys.ENTER)
+    _open(browser, url)
+    _ask(browser, QUESTION)
+    # the second question is typed while the first is being answered (the first loads the model: a while)
+    WebDriverWait(browser, 60).until(lambda d: in_main(STATUS))
+    _ask(browser, QUESTION2)
+    WebDriverWait(browser, 60).until(lambda d: "Queued" in d.find_element(*main).text
+                                     or len(in_main('[data-testid="stDataFrame"]')) >= 2)
 
     def answered(_):
         if failed():
             return True
-        return in_main('[data-testid="stDataFrame"]') and in_main('[data-testid="stVegaLiteChart"]') and \
-            in_main('[data-testid="stFeedbackButton"]')
-    WebDriverWait(browser, ANSWER_WAIT, poll_frequency=1).until(answered)
+        return len(in_main('[data-testid="stDataFrame"]')) >= 2 and len(in_main('[data-testid="stVegaLiteChart"]')) >= 2 \
+            and len(in_main('[data-testid="stFeedbackButton"]')) >= 2 and not in_main(STATUS)
     shots = _artifacts(tmp_path)
+    try:
+        WebDriverWait(browser, ANSWER_WAIT, poll_frequency=1).until(answered)
+    except TimeoutException:
+        browser.save_screenshot(str(shots / "app-timeout.png"))
+        pytest.fail(f"no two answers on the page (screenshot {shots / 'app-timeout.png'}):\n"
+                    f"{browser.find_element(*main).text[-2000:]}\n{server_log.read_text()[-2000:]}")
     assert not failed(), f"{failed()}\n{server_log.read_text()[-3000:]}"
-    assert QUESTION in browser.find_element(*main).text
-    assert "region" in in_main('[data-testid="stCode"], code')[0].text.lower()
+    text = browser.find_element(*main).text
+    assert QUESTION in text and QUESTION2 in text and text.index(QUESTION) < text.index(QUESTION2)  # a thread
+    codes = [c.text.lower() for c in in_main('[data-testid="stCode"]')]
+    assert len(codes) == 2 and "region" in codes[0] and "customers" in codes[1], codes
     chart = in_main('[data-testid="stVegaLiteChart"]')[0]
     WebDriverWait(browser, 30).until(lambda d: chart.find_elements(By.CSS_SELECTOR, "canvas, svg"))
 
-    thumbs_up = in_main('[data-testid="stFeedbackButton"]')[0]
+    thumbs_up = in_main('[data-testid="stFeedbackButton"]')[0]  # the first answer's: earlier answers stay usable
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", thumbs_up)
     thumbs_up.click()
 
@@ -130,13 +172,16 @@ def test_ask_see_table_and_chart_rate_it_in_chromium(server, browser, tmp_path):
             return False
         con = sqlite3.connect(log_path, timeout=10)
         try:
-            return con.execute("SELECT question, sql, db, executed, model, adapter, latency, rating FROM entries "
-                               "WHERE rating IS NOT NULL").fetchall()
+            rows = con.execute("SELECT question, sql, db, executed, model, adapter, latency, rating FROM entries "
+                               "ORDER BY id").fetchall()
         finally:
             con.close()
-    [(question, sql, db, executed, model, adapter, latency, rating)] = WebDriverWait(browser, 30).until(rated)
+        return rows if len(rows) == 2 and rows[0][-1] is not None else False
+    [first, second] = WebDriverWait(browser, 30).until(rated)
+    (question, sql, db, executed, model, adapter, latency, rating) = first
     assert (question, db, executed, rating) == (QUESTION, "demo", 1, 1)
     assert "region" in sql.lower() and model and adapter and latency > 0
+    assert second[0] == QUESTION2 and second[3] == 1 and second[-1] is None
     WebDriverWait(browser, 30).until(lambda d: "Saved — thank you." in d.find_element(*main).text)
     ask_png = shots / "app-ask.png"
     browser.save_screenshot(str(ask_png))
@@ -147,3 +192,22 @@ def test_ask_see_table_and_chart_rate_it_in_chromium(server, browser, tmp_path):
     browser.save_screenshot(str(team_png))
     print(f"\nscreenshots: {ask_png} {team_png}")
     assert ask_png.stat().st_size > 10_000 and team_png.stat().st_size > 10_000
+
+
+def test_sigterm_stops_the_server_mid_answer(server, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+    url, _, server_log, proc = server
+    _open(browser, url)
+    _ask(browser, QUESTION)
+    WebDriverWait(browser, 60).until(lambda d: _in_main(browser, STATUS))  # loading the model or writing SQL
+    time.sleep(2)
+    assert proc.poll() is None and _in_main(browser, STATUS), "the answer came before SIGTERM could interrupt it"
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"streamlit still running 30 s after SIGTERM:\n{server_log.read_text()[-3000:]}")
+    took = time.monotonic() - t
+    print(f"\nstopped {took:.1f} s after SIGTERM")
+    assert took <= 5, f"streamlit took {took:.1f} s to stop after SIGTERM"

@@ -146,7 +146,8 @@ class Job:
                         self.stage = "Loading the model (the first question only)"
                         pipe.generator
                     self.stage = "Linking the schema and writing SQL"
-                    a = pipe.ask(t.question, t.db, examples=t.context, **self._progress(pipe))
+                    # no follow-up: None lets the pipeline pick the database's verified pairs as examples
+                    a = pipe.ask(t.question, t.db, examples=t.context or None, **self._progress(pipe))
             except Nl2SqlError as e:
                 t.error = str(e)
             except Exception as e:  # a bug must end the job with a message, never leave it running forever
