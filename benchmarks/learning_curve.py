@@ -9,6 +9,8 @@ scored:
     retrieval   the corrections sit in the query log; the k most similar go into each prompt (nl2sql/examples.py)
     train       `nl2sql train --log`'s training on the corrections (LoRA on top of the shipped adapter), no retrieval
     both        trained with retrieved neighbours in its prompts, and retrieval at inference
+    synth       retrieval, starting from the adapter `nl2sql train --synth` made (--synth-adapter DIR) instead
+                of the shipped one: the first-day adapter from the warehouse's own schema and glossary
     +glossary   the shipped glossary (schemas/retail.glossary.yml) on; without it, NL2SQL_GLOSSARY=off
 
     python benchmarks/learning_curve.py                       # all configurations (hours on 2 cores)
@@ -104,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--per-kind", type=int, default=2, help="test questions per held-out kind")
     ap.add_argument("--epochs", type=float, default=3.0, help="training passes over the corrections")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--synth-adapter", help="adapter directory for the synth configurations")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning_curve"))
     args = ap.parse_args(argv)
     from nl2sql.config import Settings
@@ -120,21 +123,26 @@ def main(argv=None) -> int:
                    per_kind=args.per_kind, epochs=args.epochs)
     print(f"{len(held)} held-out kinds, {len(test)} test questions, {len(pool)} corrections available", flush=True)
     base = Settings.from_env()
-    shared_generator = None
+    shared_generator = synth_generator = None
     for config in args.configs.split(","):
         mode, glossary = config.split("+")[0], config.endswith("+glossary")
         for n in points:
-            if n == 0 and mode != "retrieval":
+            if n == 0 and mode in ("train", "both"):
                 continue  # nothing to train on: the same as retrieval with an empty log
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
                 log = tmp / "log.sqlite"
-                if mode in ("retrieval", "both"):
+                if mode in ("retrieval", "both", "synth"):
                     log_with(pool[:n], log)
                 settings = base.replace(query_log=str(log), glossary="" if glossary else "off",
-                                        examples=3 if mode in ("retrieval", "both") else 0)
-                generator = shared_generator
+                                        examples=3 if mode in ("retrieval", "both", "synth") else 0)
+                generator = shared_generator if mode == "retrieval" else None
+                if mode == "synth":
+                    if not args.synth_adapter:
+                        raise SystemExit("synth configurations need --synth-adapter DIR (from nl2sql train --synth)")
+                    settings = settings.replace(adapter=args.synth_adapter)
+                    generator = synth_generator
                 if mode in ("train", "both"):
                     settings = settings.replace(adapter=train_adapter(
                         pool[:n], base.replace(glossary="" if glossary else "off"), tmp / "adapter", args.epochs,
@@ -143,6 +151,8 @@ def main(argv=None) -> int:
                 summary, pipe = score(test, settings, generator)
                 if mode == "retrieval" and shared_generator is None:
                     shared_generator = pipe.generator  # the shipped adapter: load it once for every retrieval point
+                if mode == "synth" and synth_generator is None:
+                    synth_generator = pipe.generator
             row = {"config": config, "corrections": n, "accuracy": summary["execution_accuracy"],
                    "invalid": summary["invalid_sql_rate"], "median_seconds": summary["median_seconds"],
                    "knowledge_ms_median": summary["knowledge_ms_median"],
@@ -176,7 +186,7 @@ def svg(results: dict, width: int = 560, height: int = 320) -> str:
     configs = list(dict.fromkeys(p["config"] for p in pts))
     for i, c in enumerate(configs):
         line = sorted((p["corrections"], p["accuracy"]) for p in pts if p["config"] == c)
-        if c.startswith(("train", "both")):  # they start from the untrained model: retrieval's point at 0
+        if c.startswith(("train", "both")):  # they start from the shipped adapter: retrieval's point at 0
             zero = [p["accuracy"] for p in pts if p["corrections"] == 0 and
                     p["config"] == ("retrieval+glossary" if c.endswith("+glossary") else "retrieval")]
             line = [(0, zero[0])] + line if zero else line
