@@ -34,6 +34,12 @@ class Answer:
     agreement: int = 1              # how many valid candidates gave this answer's result: the confidence
     examples: list = field(default_factory=list)  # questions of the verified pairs shown to the model
     glossary: list = field(default_factory=list)  # names of the glossary entries shown to the model
+    # nl2sql/routing.py: how sure the answer is (0..1), whether it was escalated ("candidates": more of them on the
+    # same model; "model": the larger backend), who wrote the SQL, and why an escalation left the answer as it was
+    confidence: float | None = None
+    escalated: str | None = None
+    answered_by: str | None = None
+    route_note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -217,11 +223,15 @@ class Pipeline:
                         examples=[q for q, _ in examples], glossary=[e.name for e in entries])
         from .glossary import render
         q = _Question(question, db, execute, list(examples), render(entries), index, value_hints, timer, answer)
-        best = self._solve(q, linked.schema)
+        solved_on = linked.schema
+        best = self._solve(q, solved_on)
         if best.error is not None and linked.pruned:  # the model reached outside the subset: widen once
             names = self.link_index(full).outside_names(best.generation.text, linked)
             if names:
-                best = self._solve(q, self.link_index(full).widen(linked, names).schema)
+                solved_on = self.link_index(full).widen(linked, names).schema
+                best = self._solve(q, solved_on)
+        from .routing import route
+        route(self, q, solved_on, best)  # confidence; below NL2SQL_ESCALATE_BELOW, more candidates / a larger model
         timings = timer.timings
         if not execute:
             timings.pop("execute", None)

@@ -121,6 +121,25 @@ class Settings:
     serve_batch_rows: int = setting(
         32, "Most rows `nl2sql serve` decodes in one batch (each question brings NL2SQL_CANDIDATES rows); questions "
         "past it wait for rows to free up.")
+    # --- model lifecycle: routing unsure answers, A/B rollout (nl2sql/routing.py, nl2sql/lifecycle.py) ---
+    escalate_below: float = setting(
+        0.0, "Escalate an answer whose confidence (0..1: candidate agreement, token probabilities, repairs; "
+        "Answer.confidence) is below this: first more candidates (NL2SQL_ESCALATE_CANDIDATES), then the larger "
+        "backend (NL2SQL_ESCALATE_MODEL) if still below. 0 = never.")
+    escalate_candidates: int = setting(
+        12, "Candidates an escalated question decodes on the same model (0 = skip this step); the larger backend "
+        "decodes NL2SQL_CANDIDATES.")
+    escalate_model: str = setting(
+        "", "Larger backend for escalated questions: a Hugging Face model id (already cached) or checkpoint directory, "
+        "loaded in this process on the first escalation with the same prompt and grammar. Empty = none. "
+        "(An OpenAI-compatible server URL is not supported yet.) If it fails, the small model's answer stands.")
+    escalate_adapter: str = setting(
+        "none", "LoRA adapter of the larger backend: 'none', 'default' (this model's promoted adapter; only for the "
+        "same base) or an adapter directory.")
+    ab_adapter: str = setting(
+        "", "A/B rollout: a registered adapter version that answers NL2SQL_AB_SHARE of the sessions (chosen by a "
+        "hash of the session id, so a conversation keeps one adapter). Empty = off.")
+    ab_share: float = setting(0.0, "A/B rollout: the share of sessions (0..1) NL2SQL_AB_ADAPTER answers.")
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":

@@ -406,7 +406,8 @@ def create_app(settings: Settings | None = None, *, generator=None):
             entry = log.record(question=a.question, db=name, sql=a.sql, executed=a.df is not None, error=a.error,
                                model=a.model, adapter=a.adapter, latency=latency, raw_sql=a.raw_sql,
                                dialect=pipe.schema(db).dialect, session=body.session, candidates=a.candidates,
-                               agreement=a.agreement, client=who)
+                               agreement=a.agreement, client=who, confidence=a.confidence, escalated=a.escalated,
+                               answered_by=a.answered_by)
             metrics.answered(latency)
             return a, entry
         metrics.in_flight += 1

@@ -172,7 +172,8 @@ class Job:
                 error=t.run_error or t.error, model=a and a.model, adapter=a and a.adapter,
                 latency=a and a.timings.get("total"), raw_sql=a and a.raw_sql, dialect=t.dialect,
                 session=self.session, context=t.context or None, candidates=a and a.candidates,
-                agreement=a and a.agreement)
+                agreement=a and a.agreement, confidence=a and a.confidence, escalated=a and a.escalated,
+                answered_by=a and a.answered_by)
         except (sqlite3.Error, OSError) as e:
             self.warning = (f"Could not write to the query log at {settings.query_log_path}: {e}. "
                             "Check the disk, or point NL2SQL_QUERY_LOG at a writable file.")
