@@ -12,9 +12,13 @@ process-wide `default_pipeline()` from NL2SQL_* settings is used.
 """
 from __future__ import annotations
 
+import atexit
 import inspect
+import logging
+import os
 import sqlite3
 import threading
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -127,8 +131,11 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
 
     def start(self, pipe) -> "Job":
-        # daemon: a server asked to stop (SIGTERM) does not wait for the model to finish
-        threading.Thread(target=self._run, args=(pipe,), name=f"nl2sql-answer-{self.session}", daemon=True).start()
+        # daemon: a server asked to stop (SIGTERM) does not wait for the model to finish (see _exit_now)
+        thread = threading.Thread(target=self._run, args=(pipe,), name=f"nl2sql-answer-{self.session}", daemon=True)
+        with _running_lock:
+            _running.add(thread)
+        thread.start()
         return self
 
     @property
@@ -147,7 +154,8 @@ class Job:
                         pipe.generator
                     self.stage = "Linking the schema and writing SQL"
                     # no follow-up: None lets the pipeline pick the database's verified pairs as examples
-                    a = pipe.ask(t.question, t.db, examples=t.context or None, **self._progress(pipe))
+                    a = pipe.ask(t.question, t.db, examples=t.context or None, session=self.session,
+                                 **self._progress(pipe))
             except Nl2SqlError as e:
                 t.error = str(e)
             except Exception as e:  # a bug must end the job with a message, never leave it running forever
@@ -157,6 +165,8 @@ class Job:
             self._log(pipe.settings)
         finally:
             self.done.set()
+            with _running_lock:
+                _running.discard(threading.current_thread())
 
     def _progress(self, pipe) -> dict:
         """progress= for a Pipeline.ask that reports each stage as it starts (a callable taking the stage name)."""
@@ -173,10 +183,38 @@ class Job:
                 latency=a and a.timings.get("total"), raw_sql=a and a.raw_sql, dialect=t.dialect,
                 session=self.session, context=t.context or None, candidates=a and a.candidates,
                 agreement=a and a.agreement, confidence=a and a.confidence, escalated=a and a.escalated,
-                answered_by=a and a.answered_by)
+                answered_by=a and a.answered_by, attempts=a and a.attempts)
         except (sqlite3.Error, OSError) as e:
             self.warning = (f"Could not write to the query log at {settings.query_log_path}: {e}. "
                             "Check the disk, or point NL2SQL_QUERY_LOG at a writable file.")
+
+
+_running: set = set()  # answer threads still working
+_running_lock = threading.Lock()
+
+
+@atexit.register
+def _exit_now() -> None:
+    """Streamlit has stopped (SIGTERM, Ctrl-C): if an answer is still being written, end the process here.
+    Letting the interpreter finalize under a thread that is inside the model's native code aborts it
+    ("terminate called without an active exception", exit status -6). A half-written answer is not logged: the
+    query log writes each entry in one transaction."""
+    with _running_lock:
+        busy = any(t.is_alive() for t in _running)
+    if busy and _server_stopped():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _server_stopped() -> bool:
+    """Whether a Streamlit server was asked to stop: never in tests (AppTest), whose exit status must stand."""
+    try:
+        from streamlit.runtime.runtime import Runtime, RuntimeState
+        return Runtime.exists() and Runtime.instance().state in (RuntimeState.STOPPING, RuntimeState.STOPPED)
+    except Exception:  # a Streamlit without these internals: let the interpreter exit the usual way
+        return False
 
 
 def queue() -> list[Queued]:
