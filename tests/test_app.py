@@ -271,3 +271,19 @@ def test_data_team_page(app, fake_pipeline, settings, tmp_path):
     assert metrics["Execution accuracy"] == f"{summary['execution_accuracy'] * 100:.1f} %"
     assert metrics["Answers"] == "2" and metrics["Rated"] == "1" and metrics["Thumbs up"] == "100 %"
     assert len(team.get("vega_lite_chart")) == 4
+
+
+def test_a_crash_while_answering_ends_the_answer_with_a_message(app):
+    at, pipe, log = app()  # no scripted output left: the model raises
+
+    class Broken:
+        model_name, adapter_name = "broken", None
+
+        def candidates(self, *args, **kw):
+            raise RuntimeError("driver said password=s3cret")
+    pipe._generator = Broken()
+    ask(at, "How many stores?")
+    [err] = at.error
+    assert "RuntimeError" in err.value and "s3cret" not in err.value and not busy(at)
+    assert log.entries()[0]["question"] == "How many stores?" and "RuntimeError" in log.entries()[0]["error"]
+    assert not at.chat_input[0].disabled

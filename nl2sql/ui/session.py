@@ -159,7 +159,10 @@ class Job:
             except Nl2SqlError as e:
                 t.error = str(e)
             except Exception as e:  # a bug must end the job with a message, never leave it running forever
-                t.error = f"Unexpected error ({type(e).__name__}): {e}. Please report it with the question."
+                logging.getLogger(__name__).exception("answering %r", t.question)  # the traceback: server log only
+                # its kind only: a driver's message may hold credentials
+                t.error = (f"Something went wrong while answering ({type(e).__name__}). Try again, or report it "
+                           "with the question.")
             else:
                 t.answer, t.sql, t.df, t.truncated, t.run_error = a, a.sql, a.df, a.truncated, a.error
             self._log(pipe.settings)
