@@ -195,8 +195,14 @@ class Pipeline:
         return linked
 
     # --- the composition ----------------------------------------------------------------------
-    def ask(self, question: str, db=None, *, execute: bool = True, examples=None) -> Answer:
-        """`examples`: (question, SQL) pairs to show the model; None retrieves verified pairs of `db`."""
+    def ask(self, question: str, db=None, *, execute: bool = True, examples=None, session: str | None = None) -> Answer:
+        """`examples`: (question, SQL) pairs to show the model; None retrieves verified pairs of `db`.
+        `session`: the conversation's id; with an A/B rollout set (NL2SQL_AB_ADAPTER) it picks the adapter."""
+        if session is not None and self.settings.ab_share > 0:
+            from .lifecycle import ab_pipeline
+            chosen = ab_pipeline(self, session)  # nl2sql/lifecycle.py: this session's adapter, sticky
+            if chosen is not self:
+                return chosen.ask(question, db, execute=execute, examples=examples)
         t0 = time.perf_counter()
         timer = _Timer()
         question = check_question(question, self.settings)

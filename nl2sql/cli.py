@@ -100,7 +100,74 @@ def cmd_adapters(args) -> int:
     elif args.action == "rollback":
         v = registry.rollback(s.data_dir)
         print(f"now using {v or 'the shipped adapter'}")
+    elif args.action == "shadow":
+        return _shadow(args, s)
+    elif args.action == "compare":
+        _compare(args, s)
     return 0
+
+
+def _shadow(args, s) -> int:
+    """`nl2sql adapters shadow V`: logged questions replayed through candidate V (nl2sql/lifecycle.py)."""
+    from .api import Pipeline
+    from .errors import InputError
+    from .lifecycle import save_report, shadow
+    if not args.version:
+        raise InputError("Which candidate?", hint="nl2sql adapters shadow VERSION --since 7d (see `nl2sql adapters list`).")
+
+    def progress(i, n, row):
+        same = {True: "same result", False: "different result", None: "not comparable"}[row.matches_promoted]
+        right = {True: "; right", False: "; wrong", None: ""}[row.candidate_correct]
+        print(f"{i}/{n} #{row.entry_id} {same}{right} ({row.seconds:.1f} s)", file=sys.stderr)
+    report = shadow(Pipeline(s.replace(escalate_below=0.0, ab_share=0.0)), args.version, since=args.since,
+                    limit=args.limit, progress=progress)
+    path = save_report(report, s, Path(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps(report.to_json(), default=str))
+        return 0
+    m = report.summary()
+    if not report.rows:
+        print(f"no logged questions in the last {args.since} to replay")
+        return 0
+    agree = m["matches_promoted"]
+    print(f"{args.version} vs {report.promoted}: {m['questions']} logged question(s) of the last {args.since}, "
+          f"replayed in {m['seconds']} s")
+    print(f"  same result as the promoted adapter: {agree['k']}/{agree['n']}"
+          + (f" ({agree['rate'] * 100:.1f} %, 95 % CI {agree['low'] * 100:.0f}-{agree['high'] * 100:.0f} %)" if agree['n'] else ""))
+    for who, key in ((args.version, "candidate_accuracy"), (report.promoted, "promoted_accuracy")):
+        r = m[key]
+        shown = (f"{r['k']}/{r['n']} = {r['rate'] * 100:.1f} % (95 % CI {r['low'] * 100:.0f}-{r['high'] * 100:.0f} %)"
+                 if r["n"] else "no verified answers (corrections or thumbs-up) in the window")
+        print(f"  accuracy on verified answers, {who}: {shown}")
+    for row in report.rows:
+        if row.matches_promoted is False or row.corrected_sql:
+            print(f"  #{row.entry_id} {row.question}\n    {args.version}: {row.candidate_sql or row.candidate_error}"
+                  + (f"\n    corrected: {row.corrected_sql}" if row.corrected_sql else ""))
+    print(f"report: {path}")
+    return 0
+
+
+def _compare(args, s) -> None:
+    """`nl2sql adapters compare`: the adapters that answered logged questions side by side (A/B rollout)."""
+    from .lifecycle import compare, parse_since
+    from .querylog import QueryLog
+    rows = compare(QueryLog(s.query_log_path).entries(), parse_since(args.since))
+    if args.json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        print(f"no answered questions in the last {args.since}")
+        return
+
+    def pct(r):
+        return f"{r['rate'] * 100:5.1f} % [{r['low'] * 100:.0f}-{r['high'] * 100:.0f}]" if r["n"] else "   n/a"
+    print(f"{'adapter':24s} {'answered':>8s}  {'accuracy (verified)':26s} {'thumbs up':20s} {'thumbs down':20s} "
+          f"{'repaired':20s} median s")
+    for r in rows:
+        acc = r["accuracy_verified"]
+        acc_shown = f"{pct(acc)} of {acc['n']}"
+        print(f"{r['adapter']:24s} {r['answered']:8d}  {acc_shown:26s} {pct(r['thumbs_up']):20s} "
+              f"{pct(r['thumbs_down']):20s} {pct(r['repaired']):20s} {r['latency']['median']}")
 
 
 def cmd_settings(args) -> int:
@@ -218,9 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     model_flags(t)
     t.set_defaults(func=cmd_train)
 
-    ad = sub.add_parser("adapters", help="list, promote or roll back adapters")
-    ad.add_argument("action", choices=["list", "promote", "rollback"])
+    ad = sub.add_parser("adapters", help="list, promote or roll back adapters; shadow-test a candidate on logged "
+                                         "questions; compare the adapters that answered (A/B rollout)")
+    ad.add_argument("action", choices=["list", "promote", "rollback", "shadow", "compare"])
     ad.add_argument("version", nargs="?")
+    ad.add_argument("--since", default="7d", help="shadow/compare: logged questions of this last period (7d, 12h)")
+    ad.add_argument("--limit", type=int, default=0, help="shadow: at most the N newest questions")
+    ad.add_argument("--out", help="shadow: report JSON path (default: <data_dir>/shadow/<version>-<time>.json)")
+    ad.add_argument("--json", action="store_true", help="shadow/compare: print JSON")
     ad.set_defaults(func=cmd_adapters)
 
     s = sub.add_parser("settings", help="list every setting with its environment variable and default")

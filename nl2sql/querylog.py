@@ -25,7 +25,8 @@ _ADDED = {"raw_sql": "TEXT", "dialect": "TEXT", "session": "TEXT", "context": "T
           "rated_at": "REAL", "corrected_at": "REAL", "candidates": "INTEGER", "agreement": "INTEGER",
           "client": "TEXT",  # client: who asked through `nl2sql serve` (its client name and address); NULL in process
           # nl2sql/routing.py: the answer's confidence, how it was escalated (NULL, 'candidates', 'model'), who wrote it
-          "confidence": "REAL", "escalated": "TEXT", "answered_by": "TEXT"}
+          "confidence": "REAL", "escalated": "TEXT", "answered_by": "TEXT",
+          "attempts": "INTEGER"}  # decodings the answer took (more than one: repaired); nl2sql/lifecycle.py compares
 
 
 class QueryLog:
@@ -56,19 +57,19 @@ class QueryLog:
                raw_sql: str | None = None, dialect: str | None = None, session: str | None = None,
                context: list | None = None, candidates: int | None = None, agreement: int | None = None,
                client: str | None = None, confidence: float | None = None, escalated: str | None = None,
-               answered_by: str | None = None) -> int:
+               answered_by: str | None = None, attempts: int | None = None) -> int:
         """Log one answered question; returns the entry id that feedback() refers to.
         candidates/agreement: how many SQL candidates were decoded and how many agreed on the answer;
-        confidence/escalated/answered_by: as on the Answer (nl2sql/routing.py)."""
+        confidence/escalated/answered_by/attempts: as on the Answer (nl2sql/routing.py)."""
         con = self._connect()
         try:
             cur = con.execute(
                 "INSERT INTO entries (created, db, question, sql, executed, error, model, adapter, latency, raw_sql, "
-                "dialect, session, context, candidates, agreement, client, confidence, escalated, answered_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "dialect, session, context, candidates, agreement, client, confidence, escalated, answered_by, "
+                "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), db, question, sql, int(executed), error, model, adapter, latency, raw_sql, dialect,
                  session, json.dumps(context) if context else None, candidates, agreement, client, confidence,
-                 escalated, answered_by))
+                 escalated, answered_by, attempts))
             return int(cur.lastrowid)
         finally:
             con.close()

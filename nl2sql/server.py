@@ -400,14 +400,14 @@ def create_app(settings: Settings | None = None, *, generator=None):
 
         def work():
             t0 = time.perf_counter()
-            a = pipe.ask(body.question, db, execute=body.execute)
+            a = pipe.ask(body.question, db, execute=body.execute, session=body.session)
             check_cancelled()  # the client left: nothing goes to the log
             latency = time.perf_counter() - t0
             entry = log.record(question=a.question, db=name, sql=a.sql, executed=a.df is not None, error=a.error,
                                model=a.model, adapter=a.adapter, latency=latency, raw_sql=a.raw_sql,
                                dialect=pipe.schema(db).dialect, session=body.session, candidates=a.candidates,
                                agreement=a.agreement, client=who, confidence=a.confidence, escalated=a.escalated,
-                               answered_by=a.answered_by)
+                               answered_by=a.answered_by, attempts=a.attempts)
             metrics.answered(latency)
             return a, entry
         metrics.in_flight += 1
