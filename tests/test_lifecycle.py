@@ -235,3 +235,38 @@ def test_cli_compare_and_shadow_refusals(lab, capsys, monkeypatch):
     assert "Known versions: v2" in capsys.readouterr().err
     assert main(["adapters", "compare", "--since", "week"]) == 1
     assert "7d, 12h" in capsys.readouterr().err
+
+
+def test_team_page_lifecycle_tab_compares_and_promotes(lab, sqlite_db):
+    from streamlit.testing.v1 import AppTest
+
+    from nl2sql.ui.session import PIPELINE_KEY
+    log = QueryLog(lab.query_log_path)
+    for adapter, rating in (("v2", 1), ("v2", -1), ("shipped", 1)):
+        e = log.record(question="How many singers?", db=str(sqlite_db), sql=COUNT, executed=True, model="m",
+                       adapter=adapter, latency=1.0, attempts=1)
+        log.feedback(e, rating=rating)
+    report = lifecycle.shadow(Pipeline(lab, generator=Scripted([], "shipped")), "v2",
+                              generator=Scripted([COUNT, COUNT, COUNT], "v2"))
+    lifecycle.save_report(report, lab)
+
+    def page():
+        from nl2sql.ui import team
+        team.render()
+    at = AppTest.from_function(page, default_timeout=60)
+    at.session_state[PIPELINE_KEY] = Pipeline(lab.replace(ab_adapter="v9", ab_share=0.1),
+                                              generator=ScriptedGenerator([]))
+    at.run()
+    assert not at.exception, at.exception
+    tables = [t.value for t in at.dataframe]
+    compared = next(t for t in tables if "thumbs up" in t.columns)
+    assert set(compared["adapter"]) == {"v2", "shipped"}
+    assert compared.set_index("adapter").loc["v2", "accuracy (verified)"].startswith("50.0 %")
+    assert any("No adapter version 'v9'" in w.value for w in at.warning)  # the A/B candidate is not there
+    shadowed = next(t for t in tables if "candidate right" in t.columns)
+    assert len(shadowed) == 3
+    at.button(key="lifecycle_promote").click().run()
+    assert registry.promoted_adapter(lab.data_dir).name == "v2"
+    at.button(key="lifecycle_rollback").click().run()
+    assert registry.promoted_adapter(lab.data_dir) is None and not at.exception
+    assert any("Rolled back" in m.value for m in at.success)

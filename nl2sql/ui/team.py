@@ -1,5 +1,6 @@
 """The data team's page: accuracy on the demo benchmark, latency and feedback over time, the business glossary
-(view, check, edit, save), the verified examples retrieved into prompts (and an import), and the learning curve.
+(view, check, edit, save), the verified examples retrieved into prompts (and an import), the learning curve, and
+the adapters' lifecycle (per-adapter comparison of an A/B rollout, promote and roll back, the latest shadow run).
 
 The glossary and the examples are those of the database picked in the Ask page's sidebar (`conn_db` in the
 session; the demo warehouse until one is picked). Saving a glossary runs the check the loader runs
@@ -38,8 +39,10 @@ def render(learning_curve: Path | str | None = None) -> None:
     except Nl2SqlError as e:
         st.error(str(e))
         return
-    quality, glossary, examples, curve = st.tabs(["Quality and usage", "Glossary", "Verified examples",
-                                                  "Learning curve"])
+    quality, glossary, examples, curve, lifecycle_tab = st.tabs(["Quality and usage", "Glossary", "Verified examples",
+                                                                 "Learning curve", "Lifecycle"])
+    with lifecycle_tab:
+        _lifecycle(settings)
     with quality:
         _benchmark(alt, RESULTS_DIR / "demo")
         _usage(alt, settings)
@@ -395,3 +398,88 @@ def _learning_curve(alt, path: Path) -> None:
         y=alt.Y("accuracy:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]), title="accuracy"),
         color=alt.Color("config:N", title="configuration"),
         tooltip=["config", "corrections", alt.Tooltip("accuracy:Q", format=".1%")]), width="stretch")
+
+
+# --- model lifecycle: A/B comparison, promotion and rollback, the latest shadow run (nl2sql/lifecycle.py) ---------
+
+def _lifecycle(settings) -> None:
+    import pandas as pd
+
+    from .. import lifecycle, registry
+    st.header("Adapters in use")
+    ab, share = settings.ab_adapter.strip(), settings.ab_share
+    if ab and share > 0:
+        try:
+            lifecycle.adapter_dir(settings, ab)
+            st.caption(f"A/B rollout: {ab} answers {share * 100:.0f} % of sessions (NL2SQL_AB_ADAPTER, NL2SQL_AB_SHARE).")
+        except Nl2SqlError as e:
+            st.warning(f"A/B rollout set for {ab}, but it cannot answer: {e} The promoted adapter answers everyone.")
+    else:
+        st.caption("No A/B rollout: set NL2SQL_AB_ADAPTER=<version> and NL2SQL_AB_SHARE=0.1 to give a candidate "
+                   "a share of sessions.")
+    since = st.selectbox("Questions of the last", ["1d", "7d", "30d", "365d"], index=1, key="lifecycle_since")
+    rows = lifecycle.compare(session.query_log(settings).entries(), lifecycle.parse_since(since))
+
+    def pct(r):
+        return "–" if not r["n"] else f"{r['rate'] * 100:.1f} % [{r['low'] * 100:.0f}–{r['high'] * 100:.0f}] of {r['n']}"
+    if rows:
+        st.dataframe(pd.DataFrame([{
+            "adapter": r["adapter"], "answered": r["answered"], "accuracy (verified)": pct(r["accuracy_verified"]),
+            "thumbs up": pct(r["thumbs_up"]), "thumbs down": pct(r["thumbs_down"]), "repaired": pct(r["repaired"]),
+            "errors": pct(r["errors"]), "median s": r["latency"]["median"], "p90 s": r["latency"]["p90"]}
+            for r in rows]), hide_index=True, width="stretch")
+        st.caption("Rates with 95 % Wilson intervals. Accuracy counts answers with feedback: a thumbs-up is right, "
+                   "a thumbs-down or a correction to other SQL is wrong.")
+    else:
+        st.info(f"No answered questions in the last {since}.")
+
+    versions = [a for a in registry.list_adapters(settings.data_dir)
+                if Path(a["path"]).parent == registry.root(settings.data_dir)]
+    promoted = next((a["version"] for a in versions if a["promoted"]), None)  # (a button's action ran before this)
+    st.write(f"Promoted: **{promoted or 'the shipped adapter'}**")
+    left, right = st.columns(2)
+    if versions:
+        left.selectbox("Adapter", [a["version"] for a in versions], key="lifecycle_version")
+        left.button("Promote", key="lifecycle_promote", on_click=_registry_action, args=("promote", settings.data_dir))
+    right.button("Roll back", key="lifecycle_rollback", disabled=promoted is None, on_click=_registry_action,
+                 args=("rollback", settings.data_dir))
+    kind, message = st.session_state.pop("lifecycle_message", (None, None))
+    if kind:
+        getattr(st, kind)(message)
+
+    st.header("Latest shadow run")
+    report = lifecycle.latest_shadow(settings)
+    if report is None:
+        st.info("No shadow run yet: `nl2sql adapters shadow <version> --since 7d` replays logged questions through "
+                "a candidate.")
+        return
+    m = report["summary"]
+    st.caption(f"{report['candidate']} vs {report['promoted']} on the questions of the last {report['since']} · "
+               f"{m['questions']} replayed in {m['seconds']} s")
+    cols = st.columns(3)
+    cols[0].metric("Same result as promoted", pct(m["matches_promoted"]))
+    cols[1].metric(f"Accuracy, {report['candidate']}", pct(m["candidate_accuracy"]))
+    cols[2].metric(f"Accuracy, {report['promoted']}", pct(m["promoted_accuracy"]))
+    st.dataframe(pd.DataFrame([{
+        "entry": r["entry_id"], "question": r["question"], "same result": r["matches_promoted"],
+        "candidate right": r["candidate_correct"], "promoted right": r["promoted_correct"],
+        "candidate SQL": r["candidate_sql"] or r["candidate_error"], "logged SQL": r["logged_sql"],
+        "corrected SQL": r["corrected_sql"]} for r in report["rows"]]), hide_index=True, width="stretch")
+
+
+def _registry_action(action: str, data_dir) -> None:
+    """Promote the picked adapter or roll back (a button callback: it runs before the page, which then shows the
+    new state)."""
+    from .. import registry
+    restart = "New processes answer with it: restart the app or `nl2sql serve`."
+    try:
+        if action == "promote":
+            version = st.session_state["lifecycle_version"]
+            registry.promote(data_dir, version)
+            text = f"Promoted {version}. {restart}"
+        else:
+            now = registry.rollback(data_dir)
+            text = f"Rolled back: {now or 'the shipped adapter'} is in use. {restart}"
+        st.session_state["lifecycle_message"] = ("success", text)
+    except Nl2SqlError as e:
+        st.session_state["lifecycle_message"] = ("error", str(e))
