@@ -70,8 +70,10 @@ class SqlGenerator:
     @property
     def backend(self):
         if self._backend is None:
-            from outlines.backends.llguidance import LLGuidanceBackend
-            self._backend = LLGuidanceBackend(self.model)  # builds llguidance's view of the vocabulary once
+            from .model import llg_backend
+            # outlines' LLGuidanceBackend over llguidance's view of the vocabulary, built once (in the background
+            # from its cached input when the model came from the merged cache: nl2sql/model.py)
+            self._backend = llg_backend(self.model, self.loaded)
         return self._backend
 
     @functools.lru_cache(maxsize=32)
