@@ -57,13 +57,20 @@ class _Outcome:
 
 
 class _Timer:
-    """Adds the seconds spent inside `with timer("stage"):` to timings[stage]."""
+    """Adds the seconds spent inside `with timer("stage"):` to timings[stage]; tells `progress(stage)` (if
+    given) as each stage starts, so a caller can show what is happening (the app's status line)."""
 
-    def __init__(self):
+    def __init__(self, progress=None):
         self.timings: dict[str, float] = {}
+        self.progress = progress
 
     @contextmanager
     def __call__(self, stage: str):
+        if self.progress is not None:
+            try:
+                self.progress(stage)
+            except Exception:  # noqa: BLE001 - a display callback must never fail the question
+                pass
         t = time.perf_counter()
         try:
             yield
@@ -195,16 +202,18 @@ class Pipeline:
         return linked
 
     # --- the composition ----------------------------------------------------------------------
-    def ask(self, question: str, db=None, *, execute: bool = True, examples=None, session: str | None = None) -> Answer:
+    def ask(self, question: str, db=None, *, execute: bool = True, examples=None, session: str | None = None,
+            progress=None) -> Answer:
         """`examples`: (question, SQL) pairs to show the model; None retrieves verified pairs of `db`.
-        `session`: the conversation's id; with an A/B rollout set (NL2SQL_AB_ADAPTER) it picks the adapter."""
+        `session`: the conversation's id; with an A/B rollout set (NL2SQL_AB_ADAPTER) it picks the adapter.
+        `progress`: called with each stage's name ("schema", "link", "generate", "execute", ...) as it starts."""
         if session is not None and self.settings.ab_share > 0:
             from .lifecycle import ab_pipeline
             chosen = ab_pipeline(self, session)  # nl2sql/lifecycle.py: this session's adapter, sticky
             if chosen is not self:
-                return chosen.ask(question, db, execute=execute, examples=examples)
+                return chosen.ask(question, db, execute=execute, examples=examples, progress=progress)
         t0 = time.perf_counter()
-        timer = _Timer()
+        timer = _Timer(progress)
         question = check_question(question, self.settings)
         with timer("schema"):
             full = self.schema(db)

@@ -98,3 +98,17 @@ def test_cli_errors_are_one_line(args, needle, settings):
     p = subprocess.run([sys.executable, "-m", "nl2sql.cli", *args], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 1
     assert needle in p.stderr and "Traceback" not in p.stderr and "pw" not in p.stderr.replace("pwd", "")
+
+
+def test_progress_is_told_each_stage_as_it_starts(sqlite_db, fake_pipeline):
+    seen = []
+    a = fake_pipeline("SELECT COUNT(*) FROM singer").ask("How many singers?", str(sqlite_db), progress=seen.append)
+    assert a.error is None
+    stages = list(dict.fromkeys(seen))
+    assert stages[0] == "schema" and stages.index("link") < stages.index("generate") < stages.index("execute")
+
+
+def test_a_failing_progress_callback_never_fails_the_question(sqlite_db, fake_pipeline):
+    def broken(stage):
+        raise RuntimeError("display gone")
+    assert fake_pipeline("SELECT COUNT(*) FROM singer").ask("How many?", str(sqlite_db), progress=broken).error is None

@@ -116,6 +116,7 @@ class Queued:
 
 # What Pipeline.ask's timer stages are called in the progress line (nl2sql/api.py _Timer).
 STAGES = {"schema": "Reading the schema", "values": "Looking up the values the question mentions",
+          "knowledge": "Reading the glossary and verified examples",
           "link": "Linking the schema", "generate": "Writing SQL", "validate": "Checking the SQL",
           "execute": "Running the SQL"}
 
