@@ -119,3 +119,20 @@ def test_the_query_log_says_who_answered_and_how_sure(settings, sqlite_db, tmp_p
     row = next(e for e in log.entries() if e["id"] == entry)
     assert row["escalated"] == "candidates" and row["answered_by"] == "scripted"
     assert row["confidence"] == a.confidence > 0.9
+
+
+@pytest.mark.model
+def test_escalation_end_to_end_with_a_second_in_process_model(settings, sqlite_db):
+    """The bundled model answers; a question forced below the threshold goes through more candidates and then to
+    a second model loaded in this process (the bundled base without the adapter: the only other checkpoint here)."""
+    pipe = Pipeline(settings.replace(escalate_below=1.01, escalate_candidates=6, escalate_model="bundled",
+                                     escalate_adapter="none"))
+    a = pipe.ask("How many singers are there?", str(sqlite_db))
+    larger = routing.larger_pipeline(pipe)
+    assert larger.generator is not pipe.generator and larger.generator.adapter_name is None
+    assert a.escalated in ("candidates", "model") and 0 <= a.confidence <= 1 and "escalate" in a.timings
+    if a.escalated == "model":
+        assert a.answered_by == larger.generator.model_name and a.candidates == settings.candidates
+    else:  # the larger model's SQL failed where the more-candidates answer did not: that one stands, with a note
+        assert a.route_note and a.candidates == 6
+    assert a.ok and int(a.df.iloc[0, 0]) == 6
