@@ -149,8 +149,7 @@ class SqlGenerator:
         Works on the SQL vocabulary's logits when there is one (a tenth of the full row), else on all."""
         import torch
         if r.matcher is not None:
-            import llguidance.torch
-            llguidance.torch.fill_next_token_bitmask(r.matcher, bitmask, i)
+            fill_token_bitmask(r.matcher, bitmask, i)
             if r.matcher.is_error():
                 r.fail(f"The SQL grammar stopped: {r.matcher.get_error()[:200]}")
                 return None
@@ -425,8 +424,7 @@ class DecodeBatch:
                             r.fail(f"The SQL was not finished within {live.steps - 1} decoding steps.")
             bitmask = None
             if any(live.constrained for live in self.live):
-                import llguidance.torch
-                bitmask = llguidance.torch.allocate_token_bitmask(n, g.backend.llg_tokenizer.vocab_size)
+                bitmask = allocate_token_bitmask(n, g.backend.llg_tokenizer.vocab_size)
             feed = torch.zeros((n, 1), dtype=torch.long, device=self.device)
             fed = torch.zeros((n, 1), dtype=torch.long, device=self.device)
             i = 0
@@ -531,13 +529,29 @@ _MAX_BACKTRACKS = 6        # per row; past that the row decodes under the gramma
 _CANDIDATES_PER_STEP = 12  # tokens the binder may turn down at one step before it gives up on the row
 
 
+# llguidance's token bitmask (32 tokens per int32, bit set = allowed), handled in plain torch: the helpers in
+# llguidance.torch wrap their kernel in torch.compile, whose import and first call cost about a second of every
+# cold start (benchmarks/cold_start.py); these do the same operations eagerly, in well under a millisecond.
+def allocate_token_bitmask(batch: int, vocab: int):
+    import torch
+    return torch.full((batch, (vocab + 31) // 32), -1, dtype=torch.int32)
+
+
+def fill_token_bitmask(matcher, bitmask, index: int) -> None:
+    """Row `index` of `bitmask` := the tokens `matcher` allows next (llguidance writes it in place)."""
+    row = bitmask[index]
+    matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+
+
 def _apply_mask(scores, bitmask_row) -> None:
-    """-inf where llguidance's bitmask (32 tokens per int32) forbids a token."""
-    import llguidance.torch
+    """-inf where the bitmask forbids a token (1-D scores over the vocabulary's first ids)."""
+    import torch
     width = bitmask_row.shape[0] * 32
     if scores.shape[0] > width:
         scores[width:] = float("-inf")
-    llguidance.torch.apply_token_bitmask_inplace(scores[: min(width, scores.shape[0])], bitmask_row)
+    n = min(width, scores.shape[0])
+    bits = (bitmask_row.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
+    scores[:n].masked_fill_(bits.reshape(-1)[:n] == 0, float("-inf"))
 
 
 class _Row:
