@@ -74,7 +74,8 @@ def train_adapter(pairs, settings, out: Path, epochs: float, neighbours: int, gl
                              glossaries={k: v for k, v in glossaries.items() if v})
     cfg = TrainConfig(data="", out=str(out), base=settings.model, epochs=epochs, cache_dir=str(settings.cache_dir),
                       device=settings.device, dtype=settings.dtype, lr=2e-4, batch_size=8, grad_accum=1,
-                      save_every=10_000, init_adapter=str(resolve_adapter(settings.adapter, settings.data_dir) or ""))
+                      save_every=10_000, init_adapter=str(resolve_adapter(settings.adapter, settings.data_dir) or ""),
+                      prompt_examples=neighbours)
     train(cfg, [asdict(e) for e in examples], progress=False)
     return str(out)
 

@@ -68,8 +68,10 @@ class Settings:
         "default: the shipped one for the demo warehouse, else <database file>.glossary.yml next to a file database "
         "if there is one. The entries a question mentions go into its prompt.")
     examples: int = setting(
-        3, "Verified question/SQL pairs of the same database (corrections, thumbs-up answers, imported pairs; "
-        "nl2sql/examples.py) retrieved into each prompt as examples, most similar first. 0 = none.")
+        -1, "Verified question/SQL pairs of the same database (corrections, thumbs-up answers, imported pairs; "
+        "nl2sql/examples.py) retrieved into each prompt as examples, most similar first. 0 = none; -1 (auto) = 3 "
+        "when the adapter in use was trained with retrieved examples in its prompts (nl2sql train --log/--synth "
+        "train so), else none: an adapter never shown examples copies the wrong parts of them (README, learning curve).")
     temperature: float = setting(1.0, "Sampling temperature of the candidates after the first (the first is greedy).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")

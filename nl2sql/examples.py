@@ -112,6 +112,33 @@ class ExampleStore:
 
 
 IMPORTED = "imported from "   # the comment an imported pair carries in the log
+AUTO_EXAMPLES = 3             # examples per prompt when NL2SQL_EXAMPLES is auto and the adapter was trained so
+
+
+def adapter_examples(adapter_dir) -> int:
+    """How many retrieved examples the adapter's training prompts carried at most (its train_meta.json; 0 when
+    it does not say, as for the shipped Spider adapter)."""
+    import json
+    if adapter_dir is None:
+        return 0
+    try:
+        meta = json.loads((Path(adapter_dir) / "train_meta.json").read_text())
+        return max(0, int(meta.get("config", {}).get("prompt_examples", 0) or 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def examples_per_question(settings) -> int:
+    """NL2SQL_EXAMPLES, with auto (-1) resolved against the adapter in use."""
+    if settings.examples >= 0:
+        return settings.examples
+    from .errors import ModelError
+    from .model import resolve_adapter
+    try:
+        path = resolve_adapter(settings.adapter, Path(settings.data_dir))
+    except ModelError:
+        return 0
+    return AUTO_EXAMPLES if adapter_examples(path) > 0 else 0
 
 
 def _model_dialect(sql: str, dialect: str | None) -> str | None:

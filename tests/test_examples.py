@@ -15,7 +15,7 @@ from nl2sql.querylog import QueryLog, db_key
 
 @pytest.fixture
 def log_settings(settings, tmp_path):
-    return settings.replace(query_log=str(tmp_path / "log.sqlite"))
+    return settings.replace(query_log=str(tmp_path / "log.sqlite"), examples=3)
 
 
 def _pipe(settings, *outputs):
@@ -149,3 +149,25 @@ def test_thousands_of_pairs_stay_fast(log_settings, sqlite_db):
     query = time.perf_counter() - t
     assert found[0].question == "How many singers are older than 4999 years?"
     print(f"5000 pairs: index {build * 1000:.0f} ms, query {query * 1000:.1f} ms")  # figures, not assertions
+
+
+def test_auto_retrieves_only_for_an_adapter_trained_with_examples(settings, tmp_path, sqlite_db):
+    """NL2SQL_EXAMPLES=-1: the shipped adapter (never shown examples) gets none; one whose train_meta.json says
+    its prompts carried retrieved examples gets 3."""
+    import shutil
+
+    from nl2sql.examples import examples_per_question
+    from nl2sql.model import PACKAGE_ADAPTER
+    auto = settings.replace(query_log=str(tmp_path / "log.sqlite"), examples=-1)
+    assert examples_per_question(auto) == 0
+    trained = tmp_path / "adapter"
+    shutil.copytree(PACKAGE_ADAPTER, trained)
+    (trained / "train_meta.json").write_text(json.dumps({"config": {"prompt_examples": 3}}))
+    assert examples_per_question(auto.replace(adapter=str(trained))) == 3
+    assert examples_per_question(auto.replace(adapter=str(trained), examples=1)) == 1
+    db = str(sqlite_db)
+    QueryLog(auto.query_log_path).add_verified([("How many singers are there?", "SELECT COUNT(*) FROM singer")],
+                                               db=db_key(db), dialect="sqlite", comment="test")
+    assert _pipe(auto, "SELECT COUNT(*) FROM singer").ask("How many singers?", db).examples == []
+    with_examples = _pipe(auto.replace(adapter=str(trained)), "SELECT COUNT(*) FROM singer")
+    assert with_examples.ask("How many singers?", db).examples == ["How many singers are there?"]
