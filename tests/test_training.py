@@ -204,3 +204,25 @@ def test_shared_schema_prefix_gives_the_same_loss_and_gradients(settings):
     assert n0 == n1
     torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-5)
     assert ((g1 - g0).norm() / g0.norm()).item() < 1e-3
+
+
+def test_synth_trains_a_first_adapter_from_the_schema(tmp_path, settings, sqlite_db, fake_pipeline, capsys):
+    """`nl2sql train --synth`: pairs generated from the connected database (training/synth.py), checked, trained
+    on (a real, tiny run) with retrieved neighbours in the prompts, gated, registered; train_meta.json records
+    that the prompts carried examples, so inference retrieves them for this adapter (NL2SQL_EXAMPLES auto)."""
+    import argparse
+
+    from nl2sql.examples import adapter_examples
+    from nl2sql.registry import PACKAGE_ADAPTER
+    from nl2sql.training.pipeline import train_command
+    data = tmp_path / "data"
+    s = settings.replace(data_dir=data, adapter=str(PACKAGE_ADAPTER), dtype="float32", examples=-1)
+    args = argparse.Namespace(log=None, spider=None, synth=True, db=str(sqlite_db), synth_pairs=24,
+                              out=str(tmp_path / "run"), epochs=0.1, max_examples=8, no_promote=True, force=False)
+    assert train_command(args, s, score=lambda adapter, cases, settings: 0.5) == 0
+    out = capsys.readouterr().out
+    pairs = [json.loads(line) for line in (tmp_path / "run" / "synth_pairs.jsonl").read_text().splitlines()]
+    assert 10 <= len(pairs) <= 24 and f"generated {len(pairs)} pairs" in out
+    version = registry.list_adapters(data)[0]["version"]
+    assert adapter_examples(registry.root(data) / version) == 3
+    assert registry.promoted_adapter(data) is None and "not promoted: --no-promote" in out
