@@ -15,7 +15,11 @@ scored:
 
     python benchmarks/learning_curve.py                       # all configurations (hours on 2 cores)
     python benchmarks/learning_curve.py --configs retrieval+glossary,retrieval --points 0,25,50
+    python benchmarks/learning_curve.py --rewordings [--synth-adapter DIR]
 Writes <out>/results.json and <out>/learning_curve.svg; prints one line per point.
+
+--rewordings measures the other case, a question of a kind someone has corrected before: for every kind with two
+or more pairs, the first is logged as a correction and the second asked, with and without retrieval.
 """
 from __future__ import annotations
 
@@ -109,7 +113,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--synth-adapter", help="adapter directory for the synth configurations")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning_curve"))
+    ap.add_argument("--rewordings", action="store_true", help="score questions of already-corrected kinds instead")
+    ap.add_argument("--no-baseline", dest="with_baseline", action="store_false",
+                    help="--rewordings: skip the runs without retrieval")
+    ap.add_argument("--min-overlap", type=float, default=0.5,
+                    help="NL2SQL_EXAMPLES_MIN_OVERLAP for retrieval (0: the k nearest always; labelled so)")
     args = ap.parse_args(argv)
+    if args.rewordings:
+        return rewordings(args)
     from nl2sql.config import Settings
     test, pool, held = split(args.seed, args.held_out, args.per_kind)
     points = [n for n in (int(x) for x in args.points.split(",")) if n <= len(pool)]
@@ -137,7 +148,8 @@ def main(argv=None) -> int:
                 if mode in ("retrieval", "both", "synth"):
                     log_with(pool[:n], log)
                 settings = base.replace(query_log=str(log), glossary="" if glossary else "off",
-                                        examples=3 if mode in ("retrieval", "both", "synth") else 0)
+                                        examples=3 if mode in ("retrieval", "both", "synth") else 0,
+                                        examples_min_overlap=args.min_overlap)
                 generator = shared_generator if mode == "retrieval" else None
                 if mode == "synth":
                     if not args.synth_adapter:
@@ -154,15 +166,50 @@ def main(argv=None) -> int:
                     shared_generator = pipe.generator  # the shipped adapter: load it once for every retrieval point
                 if mode == "synth" and synth_generator is None:
                     synth_generator = pipe.generator
-            row = {"config": config, "corrections": n, "accuracy": summary["execution_accuracy"],
+            label = config + (" (k nearest)" if args.min_overlap <= 0 and mode != "train" else "")
+            row = {"config": label, "corrections": n, "accuracy": summary["execution_accuracy"],
                    "invalid": summary["invalid_sql_rate"], "median_seconds": summary["median_seconds"],
                    "knowledge_ms_median": summary["knowledge_ms_median"],
                    "knowledge_ms_max": summary["knowledge_ms_max"], "wall_seconds": round(time.perf_counter() - t0)}
-            results["points"] = [p for p in results["points"] if (p["config"], p["corrections"]) != (config, n)]
+            results["points"] = [p for p in results["points"] if (p["config"], p["corrections"]) != (label, n)]
             results["points"].append(row)
             results_path.write_text(json.dumps(results, indent=2) + "\n")
             print(json.dumps(row), flush=True)
     (out / "learning_curve.svg").write_text(svg(results))
+    return 0
+
+
+def rewordings(args) -> int:
+    from nl2sql.config import Settings
+    from nl2sql.schemas.demo import PAIRS
+    rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+    by_kind: dict[str, list] = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r)
+    logged = [v[0] for v in by_kind.values() if len(v) > 1]
+    asked = [v[1] for v in by_kind.values() if len(v) > 1]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "rewordings.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    base = Settings.from_env()
+    adapters = [("shipped", base.adapter)] + ([("synth", args.synth_adapter)] if args.synth_adapter else [])
+    for name, adapter in adapters:
+        generator = None
+        for k in ((0, 3) if args.with_baseline else (3,)):
+            with tempfile.TemporaryDirectory() as tmp:
+                log = Path(tmp) / "log.sqlite"
+                log_with(logged, log)
+                settings = base.replace(query_log=str(log), examples=k, adapter=adapter,
+                                        examples_min_overlap=args.min_overlap)
+                summary, pipe = score(asked, settings, generator)
+                generator = pipe.generator
+            key = f"{name}, " + ("no retrieval" if not k else "retrieval" + (" (k nearest)" if args.min_overlap <= 0
+                                                                             else f" (overlap >= {args.min_overlap})"))
+            results[key] = {"accuracy": summary["execution_accuracy"], "questions": len(asked),
+                            "invalid": summary["invalid_sql_rate"], "knowledge_ms_median": summary["knowledge_ms_median"]}
+            path.write_text(json.dumps(results, indent=2) + "\n")
+            print(json.dumps({key: results[key]}), flush=True)
     return 0
 
 

@@ -111,7 +111,6 @@ class Pipeline:
         self._schemas: dict = {}
         self._link_indexes: dict = {}
         self._example_store = None
-        self._examples_k = None  # NL2SQL_EXAMPLES resolved (auto depends on the adapter)
         self._generator = generator
         self._lock = threading.Lock()
 
@@ -187,11 +186,9 @@ class Pipeline:
 
     def examples_for(self, db, schema: Schema, question: str) -> list:
         """The verified pairs of `db` most similar to `question` (NL2SQL_EXAMPLES of them), most similar first."""
-        from .examples import examples_per_question
         from .querylog import db_key
-        if self._examples_k is None:
-            self._examples_k = examples_per_question(self.settings)
-        return self.example_store.search(db_key(db), question, self._examples_k, schema=schema)
+        return self.example_store.search(db_key(db), question, self.settings.examples, schema=schema,
+                                         min_overlap=self.settings.examples_min_overlap)
 
     def link(self, schema: Schema, question: str, value_hints=()):
         """The part of `schema` this question needs; small schemas pass through whole."""

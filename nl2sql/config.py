@@ -68,10 +68,12 @@ class Settings:
         "default: the shipped one for the demo warehouse, else <database file>.glossary.yml next to a file database "
         "if there is one. The entries a question mentions go into its prompt.")
     examples: int = setting(
-        -1, "Verified question/SQL pairs of the same database (corrections, thumbs-up answers, imported pairs; "
-        "nl2sql/examples.py) retrieved into each prompt as examples, most similar first. 0 = none; -1 (auto) = 3 "
-        "when the adapter in use was trained with retrieved examples in its prompts (nl2sql train --log/--synth "
-        "train so), else none: an adapter never shown examples copies the wrong parts of them (README, learning curve).")
+        3, "Verified question/SQL pairs of the same database (corrections, thumbs-up answers, imported pairs; "
+        "nl2sql/examples.py) retrieved into each prompt as examples, most similar first. 0 = none.")
+    examples_min_overlap: float = setting(
+        0.5, "Share of content words a verified pair's question must have in common with the question to be shown "
+        "(Jaccard): a rewording of a corrected question qualifies; an example of another kind of question, which "
+        "the model would copy the wrong parts of, does not (README, learning curve). 0 = the k nearest, always.")
     temperature: float = setting(1.0, "Sampling temperature of the candidates after the first (the first is greedy).")
     sample_values: int = setting(3, "Distinct sample values shown in the prompt per text column (0 = none).")
     max_question_chars: int = setting(2000, "Longest question accepted, in characters.")

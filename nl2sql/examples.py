@@ -52,10 +52,11 @@ class ExampleStore:
         self._indexes: dict[str, tuple[tuple, PairIndex]] = {}
         self._lock = threading.Lock()
 
-    def search(self, db_key: str, question: str, k: int, schema=None, exclude_question: str | None = None
-               ) -> list[Example]:
+    def search(self, db_key: str, question: str, k: int, schema=None, exclude_question: str | None = None,
+               min_overlap: float = 0.0) -> list[Example]:
         """The k verified pairs of `db_key` most similar to `question`, most similar first. With `schema`, pairs
-        whose SQL no longer validates against it are skipped."""
+        whose SQL no longer validates against it are skipped; pairs sharing less than `min_overlap` of their
+        content words with the question (`overlap`) too."""
         if k <= 0:
             return []
         index = self._index(db_key)
@@ -68,6 +69,8 @@ class ExampleStore:
             e = index.examples[i]
             key = " ".join(e.question.lower().split())
             if key in seen or (exclude_question is not None and key == " ".join(exclude_question.lower().split())):
+                continue
+            if min_overlap > 0 and overlap(question, e.question) < min_overlap:
                 continue
             if schema is not None and not _fits(e.sql, schema):
                 continue
@@ -112,33 +115,20 @@ class ExampleStore:
 
 
 IMPORTED = "imported from "   # the comment an imported pair carries in the log
-AUTO_EXAMPLES = 3             # examples per prompt when NL2SQL_EXAMPLES is auto and the adapter was trained so
+MIN_OVERLAP = 0.5             # see overlap()
 
 
-def adapter_examples(adapter_dir) -> int:
-    """How many retrieved examples the adapter's training prompts carried at most (its train_meta.json; 0 when
-    it does not say, as for the shipped Spider adapter)."""
-    import json
-    if adapter_dir is None:
-        return 0
-    try:
-        meta = json.loads((Path(adapter_dir) / "train_meta.json").read_text())
-        return max(0, int(meta.get("config", {}).get("prompt_examples", 0) or 0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0
+def overlap(a: str, b: str) -> float:
+    """Share of content words two questions have in common (Jaccard over singular, stop-word-free words).
 
-
-def examples_per_question(settings) -> int:
-    """NL2SQL_EXAMPLES, with auto (-1) resolved against the adapter in use."""
-    if settings.examples >= 0:
-        return settings.examples
-    from .errors import ModelError
-    from .model import resolve_adapter
-    try:
-        path = resolve_adapter(settings.adapter, Path(settings.data_dir))
-    except ModelError:
-        return 0
-    return AUTO_EXAMPLES if adapter_examples(path) > 0 else 0
+    An example helps when it is the same kind of question (a rewording, other values); one of another kind makes a
+    small model copy the wrong parts of it (README, learning curve): below NL2SQL_EXAMPLES_MIN_OVERLAP it is left out.
+    >>> overlap("How many customers live in TX?", "How many customers live in WA?")
+    0.5
+    """
+    from .linking import words
+    x, y = set(words(a, stop=True)), set(words(b, stop=True))
+    return len(x & y) / len(x | y) if x | y else 0.0
 
 
 def _model_dialect(sql: str, dialect: str | None) -> str | None:

@@ -151,23 +151,16 @@ def test_thousands_of_pairs_stay_fast(log_settings, sqlite_db):
     print(f"5000 pairs: index {build * 1000:.0f} ms, query {query * 1000:.1f} ms")  # figures, not assertions
 
 
-def test_auto_retrieves_only_for_an_adapter_trained_with_examples(settings, tmp_path, sqlite_db):
-    """NL2SQL_EXAMPLES=-1: the shipped adapter (never shown examples) gets none; one whose train_meta.json says
-    its prompts carried retrieved examples gets 3."""
-    import shutil
-
-    from nl2sql.examples import examples_per_question
-    from nl2sql.model import PACKAGE_ADAPTER
-    auto = settings.replace(query_log=str(tmp_path / "log.sqlite"), examples=-1)
-    assert examples_per_question(auto) == 0
-    trained = tmp_path / "adapter"
-    shutil.copytree(PACKAGE_ADAPTER, trained)
-    (trained / "train_meta.json").write_text(json.dumps({"config": {"prompt_examples": 3}}))
-    assert examples_per_question(auto.replace(adapter=str(trained))) == 3
-    assert examples_per_question(auto.replace(adapter=str(trained), examples=1)) == 1
+def test_only_examples_of_the_same_kind_are_shown(log_settings, sqlite_db):
+    """A pair sharing less than NL2SQL_EXAMPLES_MIN_OVERLAP of its content words with the question is left out:
+    the model would copy the wrong parts of it."""
     db = str(sqlite_db)
-    QueryLog(auto.query_log_path).add_verified([("How many singers are there?", "SELECT COUNT(*) FROM singer")],
-                                               db=db_key(db), dialect="sqlite", comment="test")
-    assert _pipe(auto, "SELECT COUNT(*) FROM singer").ask("How many singers?", db).examples == []
-    with_examples = _pipe(auto.replace(adapter=str(trained)), "SELECT COUNT(*) FROM singer")
-    assert with_examples.ask("How many singers?", db).examples == ["How many singers are there?"]
+    QueryLog(log_settings.query_log_path).add_verified(
+        [("How many singers are older than 40?", "SELECT COUNT(*) FROM singer WHERE age > 40"),
+         ("Which concerts took place in 2014?", "SELECT concert_id FROM concert WHERE year = 2014")],
+        db=db_key(db), dialect="sqlite", comment="test")
+    pipe = _pipe(log_settings, "SELECT COUNT(*) FROM singer", "SELECT COUNT(*) FROM singer")
+    assert pipe.ask("How many singers are older than 30?", db).examples == ["How many singers are older than 40?"]
+    assert pipe.ask("How many singers come from France?", db).examples == []  # shares only "singer"
+    loose = _pipe(log_settings.replace(examples_min_overlap=0), "SELECT COUNT(*) FROM singer")
+    assert len(loose.ask("How many singers come from France?", db).examples) == 1

@@ -212,11 +212,10 @@ def test_synth_trains_a_first_adapter_from_the_schema(tmp_path, settings, sqlite
     that the prompts carried examples, so inference retrieves them for this adapter (NL2SQL_EXAMPLES auto)."""
     import argparse
 
-    from nl2sql.examples import adapter_examples
     from nl2sql.registry import PACKAGE_ADAPTER
     from nl2sql.training.pipeline import train_command
     data = tmp_path / "data"
-    s = settings.replace(data_dir=data, adapter=str(PACKAGE_ADAPTER), dtype="float32", examples=-1)
+    s = settings.replace(data_dir=data, adapter=str(PACKAGE_ADAPTER), dtype="float32", examples=3)
     args = argparse.Namespace(log=None, spider=None, synth=True, db=str(sqlite_db), synth_pairs=24,
                               out=str(tmp_path / "run"), epochs=0.1, max_examples=8, no_promote=True, force=False)
     assert train_command(args, s, score=lambda adapter, cases, settings: 0.5) == 0
@@ -224,5 +223,6 @@ def test_synth_trains_a_first_adapter_from_the_schema(tmp_path, settings, sqlite
     pairs = [json.loads(line) for line in (tmp_path / "run" / "synth_pairs.jsonl").read_text().splitlines()]
     assert 10 <= len(pairs) <= 24 and f"generated {len(pairs)} pairs" in out
     version = registry.list_adapters(data)[0]["version"]
-    assert adapter_examples(registry.root(data) / version) == 3
+    meta = json.loads((registry.root(data) / version / "train_meta.json").read_text())
+    assert meta["config"]["prompt_examples"] == 3
     assert registry.promoted_adapter(data) is None and "not promoted: --no-promote" in out

@@ -50,13 +50,7 @@ def log_examples(path: Path, settings, report: PrepReport):
         g = pipe.glossary(None if db == "demo" else db, schema)
         if g:
             glossaries[db] = g
-    return make_examples(rows, schemas, report, neighbours=training_neighbours(settings), glossaries=glossaries)
-
-
-def training_neighbours(settings) -> int:
-    """How many retrieved examples (at most) a training prompt carries: NL2SQL_EXAMPLES, or 3 when it is auto."""
-    from nl2sql.examples import AUTO_EXAMPLES
-    return settings.examples if settings.examples >= 0 else AUTO_EXAMPLES
+    return make_examples(rows, schemas, report, neighbours=settings.examples, glossaries=glossaries)
 
 
 def gate_score(adapter: str, cases, settings) -> float:
@@ -117,7 +111,7 @@ def train_command(args, settings, score=gate_score) -> int:
                       # one schema per log: a micro-batch of 8 shares its KV cache (training/sft.py)
                       batch_size=8, grad_accum=1,
                       init_adapter=str(_current_adapter(settings) or ""),
-                      prompt_examples=training_neighbours(settings))
+                      prompt_examples=settings.examples)
     t0 = time.time()
     meta = train(cfg, [asdict(e) for e in train_ex])
 

@@ -50,8 +50,8 @@ class TrainConfig:
     threads: int = opt(0, "CPU threads (0 = torch default).")
     cache_dir: str = opt("", "Cache dir for the converted bundled model (default: the nl2sql cache).")
     init_adapter: str = opt("", "Start from this adapter's weights instead of a fresh LoRA (continued training).")
-    prompt_examples: int = opt(0, "Most retrieved examples one training prompt carried; recorded in train_meta.json, "
-                               "where inference reads it (nl2sql/examples.py adapter_examples).")
+    prompt_examples: int = opt(0, "Most retrieved examples one training prompt carried (a record in train_meta.json, "
+                               "for the card: training itself does not use it).")
     max_minutes: float = opt(0.0, "Stop and save after this many minutes of training (0 = no limit).")
     log_every: int = opt(0, "Print a plain progress line every N steps instead of a progress bar (0 = bar).")
 
