@@ -213,11 +213,11 @@ def rewordings(args) -> int:
     return 0
 
 
-def svg(results: dict, width: int = 560, height: int = 320) -> str:
+def svg(results: dict, width: int = 700, height: int = 320) -> str:
     """A line per configuration: accuracy on held-out kinds against corrections logged. Plain SVG, no deps."""
     pts = results["points"]
     xmax = max([p["corrections"] for p in pts] + [10])
-    left, right, top, bottom = 50, 170, 20, 40
+    left, right, top, bottom = 50, 260, 20, 40
     w, h = width - left - right, height - top - bottom
     x = lambda n: left + w * n / xmax  # noqa: E731
     y = lambda a: top + h * (1 - a)  # noqa: E731
