@@ -101,6 +101,18 @@ class BatchingGenerator:
         self._queue.put(None)
         self._thread.join(timeout)
 
+    def _drain(self, incoming: list, get) -> None:
+        """Move queued requests into `incoming` until `get` finds none (queue.Empty); None closes the generator."""
+        while True:
+            try:
+                item = get()
+            except queue.Empty:
+                return
+            if item is None:
+                self._closed.set()
+                return
+            incoming.append(item)
+
     def _loop(self) -> None:
         batch: DecodeBatch | None = None
         waiting: dict = {}       # handle -> Future of requests in the batch
@@ -119,26 +131,13 @@ class BatchingGenerator:
                     break
                 incoming.append(item)
                 deadline = time.monotonic() + self.window_s  # companions sent at the same time join this batch
-                while True:
+
+                def until_deadline():
                     left = deadline - time.monotonic()
-                    try:
-                        item = self._queue.get(timeout=max(left, 0)) if left > 0 else self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        self._closed.set()
-                        break
-                    incoming.append(item)
+                    return self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                self._drain(incoming, until_deadline)
             else:
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        self._closed.set()
-                        break
-                    incoming.append(item)
+                self._drain(incoming, self._queue.get_nowait)
             if batch is None or not batch.rows:
                 batch = DecodeBatch(self.inner)
                 waiting = {}
