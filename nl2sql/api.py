@@ -161,19 +161,10 @@ class Pipeline:
         return self._link_indexes[key][1]
 
     def glossary(self, db, schema: Schema):
-        """The business glossary of `db` (nl2sql/glossary.py), checked against its schema, or None.
-
-        NL2SQL_GLOSSARY: 'off'; a path; or empty: the copy the data-team page saved for this database
-        (nl2sql.glossary.user_glossary_path) if there is one, else the shipped glossary for the demo warehouse,
-        else a <file>.glossary.yml beside a file database when there is one."""
-        from .glossary import glossary_for, user_glossary_path
-        setting = self.settings.glossary.strip()
-        if setting.lower() == "off":
-            return None
-        if setting:
-            return glossary_for(schema, setting, self.settings)
-        user = user_glossary_path(self.settings, db)
-        path = user if user.exists() else default_glossary_path(db)
+        """The business glossary of `db` (nl2sql/glossary.py: `glossary_path` says which file), checked against
+        its schema, or None."""
+        from .glossary import glossary_for, glossary_path
+        path = glossary_path(self.settings, db)
         return glossary_for(schema, path, self.settings) if path is not None else None
 
     @property
@@ -184,10 +175,13 @@ class Pipeline:
             self._example_store = ExampleStore(self.settings.query_log_path)
         return self._example_store
 
-    def examples_for(self, db, schema: Schema, question: str) -> list:
-        """The verified pairs of `db` most similar to `question` (NL2SQL_EXAMPLES of them), most similar first."""
+    def examples_for(self, db, schema: Schema, question: str, *, k: int | None = None,
+                     exclude_question: str | None = None) -> list:
+        """The verified pairs of `db` most similar to `question` (k, default NL2SQL_EXAMPLES, of those above
+        NL2SQL_EXAMPLES_MIN_OVERLAP), most similar first; never `exclude_question`'s own pair."""
         from .querylog import db_key
-        return self.example_store.search(db_key(db), question, self.settings.examples, schema=schema,
+        return self.example_store.search(db_key(db), question, self.settings.examples if k is None else k,
+                                         schema=schema, exclude_question=exclude_question,
                                          min_overlap=self.settings.examples_min_overlap)
 
     def link(self, schema: Schema, question: str, value_hints=()):
@@ -391,19 +385,6 @@ def check_question(question, settings: Settings) -> str:
         raise InputError(f"The question is {len(q):,} characters long; the limit is {settings.max_question_chars:,}.",
                          hint="Ask a shorter question, or raise NL2SQL_MAX_QUESTION_CHARS.")
     return q
-
-
-def default_glossary_path(db):
-    """Where a database's glossary is looked for when NL2SQL_GLOSSARY is empty (None: nowhere)."""
-    from pathlib import Path
-    if db is None:
-        from .schemas.demo import GLOSSARY
-        return GLOSSARY
-    if isinstance(db, str) and "://" not in db:
-        path = Path(db).expanduser()
-        candidate = path.with_name(path.stem + ".glossary.yml")
-        return candidate if candidate.exists() else None
-    return None
 
 
 _pipelines: dict = {}

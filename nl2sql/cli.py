@@ -208,7 +208,7 @@ def cmd_examples(args) -> int:
             print(f"skipped {p}", file=sys.stderr)
         print(f"imported {n} verified pair(s) for {db_key(args.db)}; the next question can use them")
         return 1 if problems else 0
-    found = pipe.example_store.search(db_key(args.db), args.question or "", args.k, schema=schema)
+    found = pipe.examples_for(args.db, schema, args.question or "", k=args.k)  # what ask() would show
     for e in found:
         print(f"-- [{e.source} #{e.entry_id}] {e.question}\n{e.sql}")
     if not found:
@@ -217,12 +217,12 @@ def cmd_examples(args) -> int:
 
 
 def cmd_glossary(args) -> int:
-    from .api import Pipeline, default_glossary_path
-    from .glossary import load_glossary, render
+    from .api import Pipeline
+    from .glossary import glossary_path, load_glossary, render
     pipe = Pipeline(_settings(args))
     schema = pipe.schema(args.db)
-    path = args.file or pipe.settings.glossary or default_glossary_path(args.db)
-    if not path or str(path).lower() == "off":
+    path = args.file or glossary_path(pipe.settings, args.db)  # the file questions on this database use
+    if path is None:
         print("no glossary for this database (set NL2SQL_GLOSSARY or pass --file)", file=sys.stderr)
         return 1
     g = load_glossary(path, schema, pipe.settings)

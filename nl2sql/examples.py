@@ -42,6 +42,25 @@ class PairIndex:
         scores = self.bm25.scores(words(question))
         return sorted(scores, key=lambda i: (-scores[i], -i))
 
+    def nearest(self, question: str, k: int, *, exclude: str | None = None, min_overlap: float = 0.0,
+                accept=None) -> list:
+        """The k pairs most similar to `question`, most similar first: never the pair whose question is
+        `exclude` (compared by `question_key`), none sharing less than `min_overlap` of its content words with
+        the question (`overlap`), only those `accept(pair)` takes when given."""
+        excluded = question_key(exclude) if exclude is not None else None
+        out = []
+        for i in self.ranked(question) if k > 0 else ():
+            e = self.examples[i]
+            if excluded is not None and question_key(e.question) == excluded:
+                continue
+            if min_overlap > 0 and overlap(question, e.question) < min_overlap:
+                continue
+            if accept is not None and not accept(e):
+                continue
+            out.append(e)
+            if len(out) == k:
+                break
+        return out
 
 
 class ExampleStore:
@@ -59,26 +78,11 @@ class ExampleStore:
         content words with the question (`overlap`) too."""
         if k <= 0:
             return []
-        index = self._index(db_key)
-        if index is None or not index.examples:
+        index = self._index(db_key)  # one pair per question: the newest verification
+        if index is None:
             return []
-        order = index.ranked(question)
-        out: list[Example] = []
-        seen: set[str] = set()
-        for i in order:
-            e = index.examples[i]
-            key = " ".join(e.question.lower().split())
-            if key in seen or (exclude_question is not None and key == " ".join(exclude_question.lower().split())):
-                continue
-            if min_overlap > 0 and overlap(question, e.question) < min_overlap:
-                continue
-            if schema is not None and not _fits(e.sql, schema):
-                continue
-            seen.add(key)
-            out.append(e)
-            if len(out) == k:
-                break
-        return out
+        return index.nearest(question, k, exclude=exclude_question, min_overlap=min_overlap,
+                             accept=None if schema is None else (lambda e: _fits(e.sql, schema)))
 
     def _index(self, db_key: str) -> PairIndex | None:
         if not self.log_path.exists():
@@ -107,7 +111,7 @@ class ExampleStore:
             source = ("imported" if (comment or "").startswith(IMPORTED) else "corrected") if corrected else "positive"
             text = _model_dialect(corrected or sql, dialect)
             if text:
-                latest[" ".join(question.lower().split())] = Example(question, text, source, entry_id)
+                latest[question_key(question)] = Example(question, text, source, entry_id)
         index = PairIndex(list(latest.values()))
         with self._lock:
             self._indexes[db_key] = (stamp, index)
@@ -115,6 +119,11 @@ class ExampleStore:
 
 
 IMPORTED = "imported from "   # the comment an imported pair carries in the log
+
+
+def question_key(question: str) -> str:
+    """A question as pairs are told apart: case and spacing ignored."""
+    return " ".join(question.lower().split())
 MIN_OVERLAP = 0.5             # see overlap()
 
 

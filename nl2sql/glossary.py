@@ -27,11 +27,11 @@ synonym) go into its prompt (`relevant`, then `render`), and their columns steer
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, Nl2SqlError
+from .prompt import one_line
 from .schema import Schema
 
 SECTIONS = ("metrics", "terms", "joins", "notes")
@@ -73,7 +73,7 @@ class Glossary:
 
     def __post_init__(self):
         from .linking import words
-        self._phrases = [(i, words(p)) for i, e in enumerate(self.entries) for p in e.phrases if words(p)]
+        self._phrases = [(i, ws) for i, e in enumerate(self.entries) for ws in map(words, e.phrases) if ws]
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -100,19 +100,15 @@ def render(entries) -> str:
     from .prompt import _data
     lines = []
     for e in entries:
-        line = f"-- {_one_line(e.name)}"
+        line = f"-- {one_line(e.name)}"
         if e.sql:
-            line += f" = {_one_line(e.sql)}"
+            line += f" = {one_line(e.sql)}"
         if e.filter:
-            line += f" WHERE {_one_line(e.filter)}"
+            line += f" WHERE {one_line(e.filter)}"
         if e.description:
             line += f" {_data(e.description, MAX_DESCRIPTION_CHARS)}"
         lines.append(line)
     return "\n".join(lines)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def load_glossary(path, schema: Schema, settings=None) -> Glossary:
@@ -173,7 +169,7 @@ class _Problem(Exception):
 def _entry(section: str, item, label: str, schema: Schema, settings) -> Entry:
     if not isinstance(item, dict):
         raise _Problem(f"{label}: must be a mapping with at least a name.")
-    name = _one_line(item.get("name") or "")
+    name = one_line(item.get("name") or "")
     label = f"{label} {name!r}" if name else label
     if not name:
         raise _Problem(f"{label}: has no name.")
@@ -193,8 +189,8 @@ def _entry(section: str, item, label: str, schema: Schema, settings) -> Entry:
     if cond and section != "metrics":
         raise _Problem(f"{label}: only metrics take a filter.")
     columns = _check_sql(sql, cond, schema, settings, label) if sql else ()
-    return Entry(section, name, sql, cond, tuple(_one_line(s) for s in synonyms if _one_line(s)),
-                 _one_line(item.get("description") or ""), columns)
+    return Entry(section, name, sql, cond, tuple(one_line(s) for s in synonyms if one_line(s)),
+                 one_line(item.get("description") or ""), columns)
 
 
 def _check_sql(sql: str, cond: str, schema: Schema, settings, label: str) -> tuple[tuple[str, str], ...]:
@@ -257,7 +253,7 @@ def glossary_for(schema: Schema, path, settings=None) -> Glossary:
         mtime = p.stat().st_mtime_ns
     except OSError:
         mtime = None
-    key = (str(p), mtime, _fingerprint(schema))
+    key = (str(p), mtime, schema.fingerprint())
     hit = _CACHE.get(key)
     if hit is None:
         hit = load_glossary(p, schema, settings)
@@ -268,10 +264,6 @@ def glossary_for(schema: Schema, path, settings=None) -> Glossary:
 
 
 _CACHE: dict = {}
-
-
-def _fingerprint(schema: Schema) -> str:
-    return json.dumps([(t.name, [c.name for c in t.columns]) for t in schema.tables])
 
 
 
@@ -300,6 +292,31 @@ def user_glossary_path(settings, db) -> Path:
     key = db_key(db)  # the URL without its password: no secret in a file name
     slug = re.sub(r"[^A-Za-z0-9]+", "_", key.split("://", 1)[-1]).strip("_")[:60] or "database"
     return Path(settings.data_dir) / "glossaries" / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.glossary.yml"
+
+
+def glossary_path(settings, db) -> Path | None:
+    """The glossary file questions on `db` use, or None. NL2SQL_GLOSSARY: 'off' (none) or a path; empty: the
+    team's own copy (`user_glossary_path`: saved by the data-team page, or <file>.glossary.yml beside a file
+    database) when it exists, else the shipped glossary for the demo warehouse.
+
+    >>> from nl2sql.config import Settings
+    >>> glossary_path(Settings(data_dir=Path("/nowhere"), glossary="off"), None) is None
+    True
+    >>> glossary_path(Settings(data_dir=Path("/nowhere")), None).name
+    'retail.glossary.yml'
+    """
+    setting = settings.glossary.strip()
+    if setting.lower() == "off":
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    user = user_glossary_path(settings, db)
+    if user.exists():
+        return user
+    if db is None:
+        from .schemas.demo import GLOSSARY
+        return GLOSSARY
+    return None
 
 
 def save_glossary(path, text: str, schema: Schema, *, settings=None) -> Glossary:

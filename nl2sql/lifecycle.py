@@ -370,8 +370,7 @@ def shadow(pipe, version: str, since: str = "7d", limit: int = 0, progress=None,
             if e.get("context"):  # a follow-up: the question it followed, as the app passes it
                 examples = [tuple(p) for p in json.loads(e["context"])]
             else:
-                found = cand.example_store.search(e["db"] or "demo", e["question"], settings.examples, schema=full,
-                                                  exclude_question=e["question"])  # never its own verified pair
+                found = cand.examples_for(db, full, e["question"], exclude_question=e["question"])  # never its own pair
                 examples = [(x.question, x.sql) for x in reversed(found)]
             a = cand.ask(e["question"], db, examples=examples)
             row.candidate_sql, row.candidate_error = a.sql, a.error

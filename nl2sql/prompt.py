@@ -122,12 +122,13 @@ def build_prompt(schema: Schema, question: str, examples: list[tuple[str, str]] 
     if notes:
         parts.append(notes)
     for q, sql in examples:
-        parts.append(f"-- Question: {_clean_question(q)}\n-- SQL:\n{sql}")
+        parts.append(f"-- Question: {one_line(q)}\n-- SQL:\n{sql}")
     if hints:
         parts.append(hints)
-    parts.append(f"-- Question: {_clean_question(question)}\n-- SQL:\n")
+    parts.append(f"-- Question: {one_line(question)}\n-- SQL:\n")
     return "\n".join(parts)
 
 
-def _clean_question(q: str) -> str:
-    return " ".join(_CONTROL.sub(" ", q).split())
+def one_line(text) -> str:
+    """Text written into the prompt as is (a question, a glossary name): one line, no control characters."""
+    return " ".join(_CONTROL.sub(" ", str(text)).split())

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nl2sql.errors import Nl2SqlError, TrainingError
+from nl2sql.examples import question_key
 from nl2sql.prompt import SQL_DIALECT, build_prompt
 from nl2sql.schema import Schema, from_spider
 from nl2sql.validate import validate
@@ -48,12 +49,13 @@ def _reason(err: Exception) -> str:
 
 
 def make_examples(pairs, schemas: dict[str, Schema], report: PrepReport | None = None, *, neighbours: int = 0,
-                  glossaries: dict | None = None) -> list[Example]:
+                  glossaries: dict | None = None, min_overlap: float = 0.0) -> list[Example]:
     """pairs: iterable of dicts {question, sql, db}; schemas: db → Schema. Returns kept examples.
 
     Prompts are built as inference builds them (nl2sql/api.py): with `neighbours` k, between 0 and k of the
-    most similar other pairs of the same database as examples (never the pair itself), so the model learns
-    to use retrieved examples and to do without; with `glossaries` (db → nl2sql.glossary.Glossary), the entries each question mentions."""
+    most similar other pairs of the same database (never the pair itself; none below `min_overlap`, as
+    NL2SQL_EXAMPLES_MIN_OVERLAP at inference) as examples, so the model learns to use retrieved examples and
+    to do without; with `glossaries` (db → nl2sql.glossary.Glossary), the entries each question mentions."""
     report = report if report is not None else PrepReport()
     seen = set()
     followups: set[int] = set()
@@ -73,7 +75,7 @@ def make_examples(pairs, schemas: dict[str, Schema], report: PrepReport | None =
         except Nl2SqlError as e:
             report.dropped[_reason(e)] += 1
             continue
-        key = (db, " ".join(q.lower().split()), target)
+        key = (db, question_key(q), target)
         if key in seen:
             report.duplicates += 1
             continue
@@ -85,12 +87,12 @@ def make_examples(pairs, schemas: dict[str, Schema], report: PrepReport | None =
         out.append(Example(db, q, target, build_prompt(schema, q, context)))
     report.kept = len(out)
     if neighbours > 0 or glossaries:
-        out = with_knowledge(out, schemas, neighbours, glossaries or {}, skip=followups)
+        out = with_knowledge(out, schemas, neighbours, glossaries or {}, skip=followups, min_overlap=min_overlap)
     return out
 
 
 def with_knowledge(examples: list[Example], schemas: dict[str, Schema], neighbours: int, glossaries: dict,
-                   skip=frozenset()) -> list[Example]:
+                   skip=frozenset(), min_overlap: float = 0.0) -> list[Example]:
     """The examples with prompts that carry retrieved neighbours and glossary entries (see make_examples);
     those at positions in `skip` (follow-ups, whose prompt already shows the pairs asked before) keep theirs."""
     from dataclasses import replace
@@ -108,15 +110,10 @@ def with_knowledge(examples: list[Example], schemas: dict[str, Schema], neighbou
         for j, e in enumerate(pairs):
             if members[j] in skip:
                 continue
-            own = " ".join(e.question.lower().split())
             # 0..k neighbours, fixed per question: inference meets both an empty log and a full one
-            want = random.Random(own).randint(0, neighbours) if neighbours > 0 else 0
-            near = []
-            for k in index.ranked(e.question) if want > 0 else ():
-                if k != j and " ".join(pairs[k].question.lower().split()) != own:
-                    near.append((pairs[k].question, pairs[k].sql))
-                if len(near) == want:
-                    break
+            want = random.Random(question_key(e.question)).randint(0, neighbours) if neighbours > 0 else 0
+            near = [(n.question, n.sql) for n in index.nearest(e.question, want, exclude=e.question,
+                                                                min_overlap=min_overlap)]
             notes = render(glossary.relevant(e.question)) if glossary else ""
             out[members[j]] = replace(e, prompt=build_prompt(schemas[db], e.question, near[::-1], notes=notes))
     return out

@@ -50,7 +50,8 @@ def log_examples(path: Path, settings, report: PrepReport):
         g = pipe.glossary(None if db == "demo" else db, schema)
         if g:
             glossaries[db] = g
-    return make_examples(rows, schemas, report, neighbours=settings.examples, glossaries=glossaries)
+    return make_examples(rows, schemas, report, neighbours=settings.examples, glossaries=glossaries,
+                         min_overlap=settings.examples_min_overlap)
 
 
 def gate_score(adapter: str, cases, settings) -> float:

@@ -166,14 +166,11 @@ def _shipped(path: Path) -> bool:
 def _in_use(pipe, db, schema) -> tuple[Path | None, str | None]:
     """(the glossary file questions on `db` use, or None; why it cannot be loaded, or None). Asks the pipeline,
     so this follows NL2SQL_GLOSSARY and the default locations exactly as Pipeline.ask does."""
-    setting = pipe.settings.glossary.strip()
-    if setting.lower() == "off":
-        return None, None
     try:
         g = pipe.glossary(db, schema)
     except Nl2SqlError as e:
-        from ..api import default_glossary_path
-        return (Path(setting).expanduser() if setting else default_glossary_path(db)), str(e)
+        from ..glossary import glossary_path
+        return glossary_path(pipe.settings, db), str(e)
     return (Path(g.source) if g is not None else None), None
 
 
