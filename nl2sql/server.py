@@ -281,7 +281,7 @@ def create_app(settings: Settings | None = None, *, generator=None):
     from .api import Pipeline
     from .batching import BatchingGenerator, cancel_scope, check_cancelled
     from .generate import RequestCancelled, SqlGenerator
-    from .querylog import QueryLog
+    from .querylog import QueryLog, db_key
 
     settings = settings or Settings.from_env()
     databases = database_map(settings)
@@ -403,8 +403,10 @@ def create_app(settings: Settings | None = None, *, generator=None):
             a = pipe.ask(body.question, db, execute=body.execute, session=body.session)
             check_cancelled()  # the client left: nothing goes to the log
             latency = time.perf_counter() - t0
-            entry = log.record(question=a.question, db=name, sql=a.sql, executed=a.df is not None, error=a.error,
-                               model=a.model, adapter=a.adapter, latency=latency, raw_sql=a.raw_sql,
+            # the log names the database as the app does (querylog.db_key), so its corrections are retrieved as
+            # examples and `nl2sql train` can reopen it, whichever client logged them
+            entry = log.record(question=a.question, db=db_key(db), sql=a.sql, executed=a.df is not None,
+                               error=a.error, model=a.model, adapter=a.adapter, latency=latency, raw_sql=a.raw_sql,
                                dialect=pipe.schema(db).dialect, session=body.session, candidates=a.candidates,
                                agreement=a.agreement, client=who, confidence=a.confidence, escalated=a.escalated,
                                answered_by=a.answered_by, attempts=a.attempts)

@@ -27,7 +27,7 @@ from pathlib import Path
 import streamlit as st
 
 from ..errors import Nl2SqlError
-from ..querylog import QueryLog
+from ..querylog import QueryLog, db_key
 
 PIPELINE_KEY = "nl2sql_pipeline"
 ASK_LOCK = threading.Lock()  # one model, many browser sessions: generate one answer at a time
@@ -90,20 +90,6 @@ def follow_turn() -> Turn | None:
     """The answer a follow-up question refers to: the one the analyst picked, else the latest with SQL."""
     chosen = turn(st.session_state.get("follow_turn", -1))
     return chosen or next((t for t in reversed(turns()) if t.sql), None)
-
-
-def log_db(db: str | None) -> str:
-    """How the log names a database: 'demo', a resolved file path, or the URL without its password (so the
-    training pipeline can reopen it, and no secret is written to disk)."""
-    if db is None:
-        return "demo"
-    if "://" in db:
-        try:
-            import sqlalchemy as sa
-            return sa.make_url(db).set(password=None).render_as_string(hide_password=False)
-        except Exception:
-            return db.split("://", 1)[0] + "://…"
-    return str(Path(db).expanduser().resolve())
 
 
 @dataclass
@@ -182,7 +168,7 @@ class Job:
         t, a = self.turn, self.turn.answer
         try:
             t.entry_id = query_log(settings).record(
-                question=t.question, db=log_db(t.db), sql=t.sql, executed=t.df is not None,
+                question=t.question, db=db_key(t.db), sql=t.sql, executed=t.df is not None,
                 error=t.run_error or t.error, model=a and a.model, adapter=a and a.adapter,
                 latency=a and a.timings.get("total"), raw_sql=a and a.raw_sql, dialect=t.dialect,
                 session=self.session, context=t.context or None, candidates=a and a.candidates,
