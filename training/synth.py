@@ -62,7 +62,8 @@ class Synthesizer:
         self.wh = pipe.warehouse(db)
         self.rng = random.Random(seed)
         self.glossary = glossary if glossary is not None else pipe.glossary(db, self.schema)
-        self.cols: dict[tuple[str, str], _Col] = {}
+        self.cols: dict[str, list[_Col]] = {}  # per table
+        self._edges = self._fk_edges()
         self._profile()
 
     # --- what the warehouse holds --------------------------------------------------------------
@@ -79,7 +80,7 @@ class Synthesizer:
             for c in t.columns:
                 kind = short_type(c.type)
                 col = _Col(t.name, c.name, kind, [])
-                self.cols[(t.name, c.name)] = col
+                self.cols.setdefault(t.name, []).append(col)
                 if c.primary_key or c.name in fk_cols or _ID.search(c.name) or budget <= 0:
                     col.kind = "key"
                     continue
@@ -105,7 +106,7 @@ class Synthesizer:
                     continue
 
     def _table_cols(self, table: str, kind: str) -> list[_Col]:
-        return [c for (t, _), c in self.cols.items() if t == table and c.kind == kind]
+        return [c for c in self.cols.get(table, ()) if c.kind == kind]
 
     def _label(self, table: str) -> _Col | None:
         """The column that names a row of `table`: a text column called like a name or title, else the first."""
@@ -187,13 +188,13 @@ class Synthesizer:
                 frm = self._join(tables)
                 if frm is None:
                     continue
-                where = f" WHERE {e.filter}" if e.filter else ""
+                where = _where(e.filter)
                 yield "metric", f"What is the total {e.name}?", f"SELECT {e.sql} FROM {frm}{where}"
                 year_conds = [(y, f"{d.ref} BETWEEN '{y}-01-01' AND '{y}-12-31'")
                               for t in tables for d in self._table_cols(t, "time") for y in self._years(d, 3)]
                 for y, cond in year_conds:
                     yield "metric_year", f"What was the {e.name} in {y}?", \
-                        f"SELECT {e.sql} FROM {frm} WHERE " + (f"{e.filter} AND " if e.filter else "") + cond
+                        f"SELECT {e.sql} FROM {frm}{_where(e.filter, cond)}"
                 for other in self._neighbours(tables):
                     frm2 = self._join(tables + [other])
                     if frm2 is None:
@@ -204,8 +205,7 @@ class Synthesizer:
                             f"SELECT {c.ref}, {e.sql} FROM {frm2}{where} GROUP BY {c.ref}"
                         for y, cond in year_conds[:2]:
                             yield "metric_by_year", f"What was the {e.name} of each {c.words} in {y}?", \
-                                (f"SELECT {c.ref}, {e.sql} FROM {frm2} WHERE " + (f"{e.filter} AND " if e.filter
-                                                                                   else "") + cond + f" GROUP BY {c.ref}")
+                                f"SELECT {c.ref}, {e.sql} FROM {frm2}{_where(e.filter, cond)} GROUP BY {c.ref}"
                     label = self._label(other)
                     if label is not None:
                         k = self.rng.choice([1, 5, 10])
@@ -225,8 +225,8 @@ class Synthesizer:
             if len(tables) != 2:
                 continue
             a, b = tables
+            frm = f"{quote_name(a)} JOIN {quote_name(b)} ON {j.sql}"
             for c in (self._categories(b) + self._table_cols(b, "number"))[:6]:
-                frm = f"{quote_name(a)} JOIN {quote_name(b)} ON {j.sql}"
                 yield "join_rule", f"How many {_phrase(a)} are there for each {c.words}?", \
                     f"SELECT {c.ref}, COUNT(*) FROM {frm} GROUP BY {c.ref}"
                 for d in self._table_cols(a, "time"):
@@ -235,7 +235,21 @@ class Synthesizer:
                             (f"SELECT {c.ref}, COUNT(*) FROM {frm} WHERE {d.ref} BETWEEN '{y}-01-01' AND "
                              f"'{y}-12-31' GROUP BY {c.ref}")
 
+    def _fk_edges(self) -> dict[str, list[tuple[str, str]]]:
+        """table -> [(table joined to it by a foreign key, the ON condition)], both directions."""
+        edges: dict[str, list[tuple[str, str]]] = {}
+        for t in self.schema.tables:
+            for fk in t.foreign_keys:
+                if self.schema.table(fk.ref_table) is None:
+                    continue
+                on = (f"{quote_name(t.name)}.{quote_name(fk.column)} = "
+                      f"{quote_name(fk.ref_table)}.{quote_name(fk.ref_column)}")
+                edges.setdefault(t.name, []).append((fk.ref_table, on))
+                edges.setdefault(fk.ref_table, []).append((t.name, on))
+        return edges
+
     def _neighbours(self, tables: list[str]) -> list[str]:
+        """Tables one foreign key away from `tables`, not among them, in schema order."""
         out = []
         for t in self.schema.tables:
             for fk in t.foreign_keys:
@@ -248,20 +262,11 @@ class Synthesizer:
     def _join(self, tables: list[str]) -> str | None:
         """FROM clause joining `tables` along foreign keys (a shortest path through other tables if needed)."""
         tables = list(dict.fromkeys(tables))
-        edges = {}
-        for t in self.schema.tables:
-            for fk in t.foreign_keys:
-                if self.schema.table(fk.ref_table) is None:
-                    continue
-                on = (f"{quote_name(t.name)}.{quote_name(fk.column)} = "
-                      f"{quote_name(fk.ref_table)}.{quote_name(fk.ref_column)}")
-                edges.setdefault(t.name, []).append((fk.ref_table, on))
-                edges.setdefault(fk.ref_table, []).append((t.name, on))
         joined, parts = [tables[0]], [quote_name(tables[0])]
         for target in tables[1:]:
             if target in joined:
                 continue
-            path = _bfs(edges, joined, target)
+            path = _bfs(self._edges, joined, target)
             if path is None:
                 return None
             for nxt, on in path:
@@ -292,6 +297,12 @@ class Synthesizer:
             if len(out) >= limit:
                 break
         return out
+
+
+def _where(*conditions: str) -> str:
+    """ WHERE a AND b over the non-empty conditions, or nothing."""
+    kept = [c for c in conditions if c]
+    return f" WHERE {' AND '.join(kept)}" if kept else ""
 
 
 def _bfs(edges: dict, start: list[str], target: str):
