@@ -89,7 +89,7 @@ class Synthesizer:
                     if kind == "text":
                         df = self._run(f"SELECT {quote_name(c.name)}, COUNT(*) FROM {quote_name(t.name)} WHERE "
                                        f"{quote_name(c.name)} IS NOT NULL GROUP BY {quote_name(c.name)} "
-                                       f"ORDER BY COUNT(*) DESC LIMIT {MAX_CARDINALITY + 1}")
+                                       f"ORDER BY COUNT(*) DESC, {quote_name(c.name)} LIMIT {MAX_CARDINALITY + 1}")
                         col.values = [v for v in df.iloc[:, 0].tolist() if isinstance(v, str) and 0 < len(v) <= 40]
                         col.distinct = len(df)
                     elif kind == "time":
