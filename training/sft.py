@@ -156,16 +156,15 @@ def shared_prefix_len(items, batch, minimum: int = 32) -> int:
     return n if n >= minimum else 0
 
 
-def sql_token_loss(model, ids, mask, labels, shared: int = 0):
-    """Cross-entropy on the SQL tokens only. The LM head runs only where a label exists: with a 262k
-    vocabulary, full-sequence logits would cost more memory than the rest of the step.
+def sql_token_logits(model, ids, mask, labels, shared: int = 0):
+    """(logits, targets, rows) at the SQL tokens only: the LM head runs only where a label exists: with a 262k
+    vocabulary, full-sequence logits would cost more memory than the rest of the step. rows: each logit's row.
 
     shared > 0: the first `shared` tokens are the same in every row (the schema). They go through the model
     once, and their KV cache, expanded over the batch, serves every row: gradients still reach the prefix
     (the expansion sums them), and this is how inference reuses the schema's cache too. On a 2-core CPU
     this makes a step several times cheaper, since the schema is most of each prompt."""
     import torch
-    import torch.nn.functional as F
     inner = model.get_base_model()
     if shared:
         pre = inner.model(input_ids=ids[:1, :shared], use_cache=True)
@@ -185,7 +184,26 @@ def sql_token_loss(model, ids, mask, labels, shared: int = 0):
     cap = getattr(inner.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, target[keep]), int(keep.sum())
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(keep)[keep]
+    return logits, target[keep], rows
+
+
+def sql_token_loss(model, ids, mask, labels, shared: int = 0):
+    """Mean cross-entropy on the SQL tokens only (see sql_token_logits) and how many there were."""
+    import torch.nn.functional as F
+    logits, target, _ = sql_token_logits(model, ids, mask, labels, shared)
+    return F.cross_entropy(logits, target), int(target.numel())
+
+
+def sql_logprobs(model, ids, mask, labels, shared: int = 0):
+    """(sum of log-probabilities of each row's SQL tokens, their count per row): what preference losses compare."""
+    import torch
+    logits, target, rows = sql_token_logits(model, ids, mask, labels, shared)
+    token_lp = torch.log_softmax(logits, -1).gather(1, target.unsqueeze(1)).squeeze(1)
+    n = ids.shape[0]
+    sums = torch.zeros(n, dtype=token_lp.dtype, device=token_lp.device).index_add(0, rows, token_lp)
+    counts = torch.bincount(rows, minlength=n)
+    return sums, counts
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -229,22 +247,47 @@ def load_checkpoint(model, optimizer, scheduler, out: Path) -> dict | None:
 
 # --- main ------------------------------------------------------------------------------------------
 
+def start_run(cfg: TrainConfig):
+    """Seeds, threads, device, dtype and the output folder of a training run: (device, dtype, out)."""
+    import torch
+
+    from nl2sql.model import pick_device, pick_dtype
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return device, pick_dtype(cfg.dtype, device), out
+
+
+def make_optimizer(model, cfg: TrainConfig, total_steps: int, device: str):
+    """(trainable params, AdamW, cosine schedule after a linear warm-up) for the model's trainable weights."""
+    import torch
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=(device == "cuda"))
+    warm = max(1, int(total_steps * cfg.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps))))
+    return params, optimizer, scheduler
+
+
+def autocast_for(device: str, dtype):
+    import torch
+    return torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16,
+                          enabled=dtype == torch.bfloat16)
+
+
 def train(cfg: TrainConfig, examples: list[dict] | None = None, progress: bool = True) -> dict:
     """Train a LoRA adapter into cfg.out and return its metadata (also written to train_meta.json)."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from tqdm import tqdm
 
-    from nl2sql.model import pick_device, pick_dtype
     t0 = time.time()
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, dtype, out = start_run(cfg)
 
     if examples is None:
         import gzip  # plain reader: this module must not need sqlglot (bare GPU machines lack it)
@@ -271,12 +314,7 @@ def train(cfg: TrainConfig, examples: list[dict] | None = None, progress: bool =
 
     micro_per_epoch = math.ceil(len(items) / cfg.batch_size)
     total_steps = max(1, math.ceil(micro_per_epoch * cfg.epochs / cfg.grad_accum))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=(device == "cuda"))
-    warm = max(1, int(total_steps * cfg.warmup))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps))))
+    params, optimizer, scheduler = make_optimizer(model, cfg, total_steps, device)
 
     state = load_checkpoint(model, optimizer, scheduler, out) or {"step": 0, "tokens": 0, "losses": []}
     if state["step"]:
@@ -292,8 +330,7 @@ def train(cfg: TrainConfig, examples: list[dict] | None = None, progress: bool =
     bar = tqdm(total=total_steps, initial=state["step"], disable=not progress or cfg.log_every > 0, desc="train", file=sys.stderr,
                dynamic_ncols=True)
     run_tokens, run_t = 0, time.time()
-    autocast = torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16,
-                              enabled=dtype == torch.bfloat16)
+    autocast = autocast_for(device, dtype)
     for step in range(state["step"], total_steps):
         optimizer.zero_grad(set_to_none=True)
         step_loss, step_tok = 0.0, 0
