@@ -135,11 +135,27 @@ class Settings:
         "decodes NL2SQL_CANDIDATES.")
     escalate_model: str = setting(
         "", "Larger backend for escalated questions: a Hugging Face model id (already cached) or checkpoint directory, "
-        "loaded in this process on the first escalation with the same prompt and grammar. Empty = none. "
-        "(An OpenAI-compatible server URL is not supported yet.) If it fails, the small model's answer stands.")
+        "loaded in this process on the first escalation with the same prompt and grammar; or openai:URL, an "
+        "OpenAI-compatible server (vLLM, SGLang, llama.cpp, another nl2sql serve: nl2sql/remote.py) sent the same "
+        "prompt and grammar. Empty = none. If it fails, the small model's answer stands.")
     escalate_adapter: str = setting(
         "none", "LoRA adapter of the larger backend: 'none', 'default' (this model's promoted adapter; only for the "
         "same base) or an adapter directory.")
+    escalate_model_candidates: int = setting(
+        0, "Candidates the larger backend decodes for an escalated question (0 = NL2SQL_CANDIDATES).")
+    escalate_model_name: str = setting(
+        "", "openai: backend: the served model to ask (a vLLM --served-model-name or --lora-modules name); empty = "
+        "the only model its /v1/models lists.")
+    escalate_api_key: str = setting(
+        "", "openai: backend: the bearer token it expects (vLLM --api-key; NL2SQL_API_TOKEN of an nl2sql serve). "
+        "Never logged.")
+    escalate_timeout: float = setting(
+        60.0, "openai: backend: seconds to wait for it to connect and answer; past that the small model's answer "
+        "stands, with a note.")
+    escalate_grammar: str = setting(
+        "auto", "openai: backend: how the SQL grammar (Lark) is sent: auto (structured_outputs.grammar, plus "
+        "guided_grammar for vLLM before 0.12 unless the server is nl2sql serve), structured_outputs, guided_grammar, "
+        "or off. Whatever comes back is validated here either way.")
     ab_adapter: str = setting(
         "", "A/B rollout: a registered adapter version that answers NL2SQL_AB_SHARE of the sessions (chosen by a "
         "hash of the session id, so a conversation keeps one adapter). Empty = off.")

@@ -11,17 +11,23 @@ An answer with an error scores 0.
 `route()` runs after the pipeline has its answer. Below NL2SQL_ESCALATE_BELOW it escalates:
   1. more candidates on the same model (NL2SQL_ESCALATE_CANDIDATES), voted on as usual;
   2. if still below, the larger backend (NL2SQL_ESCALATE_MODEL), a second pipeline over the same warehouses and
-     schema subset (so the same prompt and grammar) whose model is loaded in this process on first use.
+     schema subset (so the same prompt and grammar) whose model is loaded in this process on first use, or,
+     for openai:URL, an OpenAI-compatible server (nl2sql/remote.py) sent that prompt and grammar over HTTP;
+     either way its candidates are validated, voted on and run here, through the same guarded path.
 An escalated answer replaces the first one unless it failed where the first did not. A larger backend that
-fails to load or errors leaves the answer as it was, with Answer.route_note saying why.
+fails to load or errors leaves the answer as it was, with Answer.route_note saying why; one that could not be
+reached (or refused this client) is not asked again for a while (RETRY_DOWN_S, RETRY_REMOTE_S).
 """
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import threading
 import time
 import weakref
+
+from .remote import SCHEME, RemoteGenerator, remote_base, shown
 
 SURE_MARGIN = 2.0     # logits; a token that led its runner-up by less was a near toss-up
 REPAIR_FACTOR = 0.7   # an answer that needed a repair decoding is less sure than one that did not
@@ -29,8 +35,10 @@ WEIGHTS = {"agreement": 0.5, "token_prob": 0.3, "margins": 0.2}
 
 _larger: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pipeline -> its larger-backend pipeline
 _larger_lock = threading.Lock()
-_down: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pipeline -> (when, note) its larger one failed
+_down: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pipeline -> (retry after, note) its larger one failed
 RETRY_DOWN_S = 300.0  # a larger backend that failed to load is tried again after this many seconds
+RETRY_REMOTE_S = 30.0  # a remote one that could not be reached or refused the key: a restart takes about this
+log = logging.getLogger(__name__)
 
 
 def features(answer, generation) -> dict:
@@ -94,18 +102,24 @@ def route(pipe, q, schema, best):
             best = _escalate(pipe, q, schema, best, s.escalate_candidates, "candidates")
         if s.escalate_model and a.confidence < s.escalate_below:
             failed = _down.get(pipe)
-            if failed and time.monotonic() - failed[0] < RETRY_DOWN_S:
+            if failed and time.monotonic() < failed[0]:
                 a.route_note = failed[1]
                 return best
             try:
                 larger = larger_pipeline(pipe)
-                best = _escalate(larger, q, schema, best, max(1, s.candidates), "model")
+                best = _escalate(larger, q, schema, best, s.escalate_model_candidates or max(1, s.candidates), "model")
             except Exception as e:  # noqa: BLE001 - a larger backend that is down must never cost the answer
-                a.route_note = (f"The larger model ({s.escalate_model}) could not answer: {_short(e)}; "
+                a.route_note = (f"The larger model ({_where(s.escalate_model)}) could not answer: {_short(e).rstrip('.')}; "
                                 "this is the small model's answer.")
+                log.warning("escalation: %s", a.route_note)
                 other = _larger.get(pipe)
                 if other is None or other._generator is None:  # it did not load: do not retry on every question
-                    _down[pipe] = (time.monotonic(), a.route_note)
+                    _down[pipe] = (time.monotonic() + RETRY_DOWN_S, a.route_note)
+                elif _unreachable(e):  # a remote one that is down or refuses us: not on every question either
+                    _down[pipe] = (time.monotonic() + RETRY_REMOTE_S, a.route_note)
+            else:
+                if a.escalated == "model":
+                    log.info("escalation: answered by %s at %s", a.answered_by, _where(s.escalate_model))
     return best
 
 
@@ -146,12 +160,29 @@ def larger_pipeline(pipe, generator=None):
                                        ab_adapter="", ab_share=0.0)
             if (s.escalate_model, s.escalate_adapter) == (s.model, s.adapter):
                 other._generator = pipe.generator   # the same model and adapter: no second copy in memory
+            elif remote_base(s.escalate_model):
+                other._generator = RemoteGenerator(s)  # nothing loaded here; the server is asked on first use
             else:
                 other._generator = None             # loaded by the first escalation (Pipeline.generator)
             if generator is not None:
                 other._generator = generator
             _larger[pipe] = other
         return other
+
+
+def _where(spec: str) -> str:
+    """NL2SQL_ESCALATE_MODEL as it may be shown (an openai: URL without user:password@)."""
+    try:
+        base = remote_base(spec)
+    except Exception:  # noqa: BLE001 - a malformed openai: setting: say so without its text
+        return "a malformed openai: URL"
+    return f"{SCHEME}{shown(base)}" if base else spec
+
+
+def _unreachable(e) -> bool:
+    """A remote backend that is down, too slow, or refuses this client's key or model name."""
+    from .errors import ConfigError, ConnectError
+    return isinstance(e, (ConnectError, ConfigError))
 
 
 def _short(e) -> str:

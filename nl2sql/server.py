@@ -30,7 +30,8 @@ from .errors import ConfigError, ConnectError, InputError, ModelError, Nl2SqlErr
 
 CLIENT_HEADER = "x-nl2sql-client"
 _KNOWN_PATHS = {"/health", "/metrics", "/docs", "/openapi.json", "/v1/ask", "/v1/execute", "/v1/feedback", "/v1/schema",
-                "/v1/databases"}  # other paths count as "other" in /metrics (no label per scanned URL)
+                "/v1/databases",
+                "/v1/models", "/v1/completions"}  # other paths count as "other" in /metrics (no label per scanned URL)
 # no token and no rate limit: probes, scrapers and the API docs (counts and the API's shape only, no data)
 _OPEN_PATHS = {"/health", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
@@ -448,6 +449,44 @@ def create_app(settings: Settings | None = None, *, generator=None):
         name, target = resolve_db(db)
         s = await run(request, lambda: pipe.schema(target))
         return {"db": name, "dialect": s.dialect, "tables": [dataclasses.asdict(t) for t in s.tables]}
+
+    # --- the OpenAI completions API: this server as another nl2sql's escalation backend (nl2sql/remote.py) ---
+    from .remote import CompletionRequest, completion_json, models_json
+
+    class CompletionBody(BaseModel):
+        model_config = {"extra": "allow"}  # OpenAI clients send more (top_p, user, ...); what is not read is ignored
+        prompt: str | list = Field(description="The prompt text the model continues (e.g. nl2sql's own prompt).")
+        model: str | None = Field(None, description="The model of GET /v1/models (or empty).")
+        n: int = 1
+        temperature: float | None = Field(None, description="Candidates after the first (which is greedy) sample "
+                                                            "at this temperature; 0 = all greedy.")
+        max_tokens: int | None = None
+        stop: str | list | None = None
+        seed: int | None = None
+        structured_outputs: dict | None = Field(None, description='{"grammar": "<Lark>"}: decode under it '
+                                                                  "(llguidance), as vLLM does.")
+        guided_grammar: str | None = Field(None, description="The same, as older vLLM names it.")
+
+    @app.get("/v1/models")
+    def models():
+        return models_json(settings)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody, request: Request):
+        """OpenAI-compatible completions under a Lark grammar (the batched model, the same constrained decoding
+        as /v1/ask): each choice carries its confidence parts in an `nl2sql` field. Nothing is logged."""
+        req = CompletionRequest.from_body(body.model_dump(), settings)
+
+        def work():
+            gen = pipe.generator
+            results = [gen.candidates(p, req.grammar, req.max_tokens, prefix=req.prefix(p), n=req.n, seed=req.seed,
+                                      temperature=req.temperature) for p in req.prompts]
+            return results, gen.adapter_name
+        out = await run(request, work)
+        if out is None:
+            return JSONResponse({"error": "The client disconnected.", "error_type": "RequestCancelled"},
+                                status_code=499)
+        return completion_json(settings.model, out[0], req, out[1])
 
     app.state.pipeline = pipe
     return _SizeLimit(_Guard(app, settings, limiter, metrics), settings.serve_max_request_bytes)
