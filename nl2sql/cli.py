@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-examples", type=int, default=0)
     t.add_argument("--no-promote", action="store_true", help="register the adapter but never promote it")
     t.add_argument("--force", action="store_true", help="promote even if it scores worse than the current adapter")
+    t.add_argument("--dpo", action="store_true", help="preference tuning on --log's feedback: corrected or thumbs-up SQL "
+                   "preferred over the model's corrected or thumbs-down SQL (a LoRA on top of the adapter in use)")
+    t.add_argument("--beta", type=float, default=0.1, help="--dpo: how far from the adapter in use it may move (default 0.1)")
+    t.add_argument("--rpo-alpha", type=float, default=0.0, help="--dpo: weight of an SFT term on the chosen SQL (default 0)")
     model_flags(t)
     t.set_defaults(func=cmd_train)
 

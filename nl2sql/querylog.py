@@ -120,8 +120,9 @@ class QueryLog:
             con.close()
 
     def export_training(self, out: Path) -> int:
-        """JSONL of {question, sql, db, label[, context]}: corrected SQL wins over generated; thumbs-down without
-        a correction is kept as a negative example (label "negative"); unrated answers are skipped. SQL is
+        """JSONL of {question, sql, db, label[, context, model_sql]}: corrected SQL wins over generated (the model's
+        SQL it replaced is kept as model_sql, for preference training); thumbs-down without a correction is kept as
+        a negative example (label "negative"); unrated answers are skipped. SQL is
         written in the model's dialect; `context` holds the (question, SQL) pairs a follow-up was asked after."""
         from .validate import to_model_dialect
         rows = []
@@ -135,6 +136,9 @@ class QueryLog:
             else:
                 continue
             row = {"question": e["question"], "sql": to_model_dialect(sql, e["dialect"]), "db": e["db"], "label": label}
+            model_sql = e["sql"] or e["raw_sql"]
+            if label == "corrected" and model_sql and e["session"] != "import":
+                row["model_sql"] = to_model_dialect(model_sql, e["dialect"])  # what was corrected: DPO's rejected
             if e["context"]:
                 row["context"] = json.loads(e["context"])
             rows.append(row)

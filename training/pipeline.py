@@ -30,8 +30,16 @@ def _git_commit() -> str | None:
 
 def log_examples(path: Path, settings, report: PrepReport):
     """Examples from an exported query log; schemas come from the live databases the pairs name."""
-    from nl2sql.api import Pipeline
     rows = [r for r in read_jsonl(path) if r.get("label", "positive") != "negative"]
+    schemas, glossaries = log_knowledge(rows, settings)
+    return make_examples(rows, schemas, report, neighbours=settings.examples, glossaries=glossaries,
+                         min_overlap=settings.examples_min_overlap)
+
+
+def log_knowledge(rows, settings):
+    """(db → Schema, db → Glossary) for the databases logged rows name, read live as inference reads them; each
+    row's `db` becomes that key ('demo' for the demo warehouse). A database that no longer opens is left out."""
+    from nl2sql.api import Pipeline
     pipe = Pipeline(settings)
     schemas, wh_failed = {}, set()
     for r in rows:
@@ -50,8 +58,7 @@ def log_examples(path: Path, settings, report: PrepReport):
         g = pipe.glossary(None if db == "demo" else db, schema)
         if g:
             glossaries[db] = g
-    return make_examples(rows, schemas, report, neighbours=settings.examples, glossaries=glossaries,
-                         min_overlap=settings.examples_min_overlap)
+    return schemas, glossaries
 
 
 def gate_score(adapter: str, cases, settings) -> float:
@@ -73,6 +80,9 @@ def train_command(args, settings, score=gate_score) -> int:
     from nl2sql.evaluate import Case
 
     from .sft import TrainConfig, file_sha256, train
+    if getattr(args, "dpo", False):  # preference tuning from the log's feedback (training/dpo.py)
+        from .dpo import dpo_command
+        return dpo_command(args, settings, score)
     synth = getattr(args, "synth", False)
     if not args.log and not args.spider and not synth:
         raise TrainingError("Nothing to train on.", hint="Pass --log PAIRS.jsonl (from `nl2sql log export`), --synth "
@@ -131,7 +141,13 @@ def train_command(args, settings, score=gate_score) -> int:
         "eval": {"validation_accuracy": new_acc, "previous_adapter_accuracy": old_acc, "previous_adapter": str(current) if current else None},
         "wall_seconds": round(time.time() - t0, 1), "examples": len(train_ex),
     }
-    adapter_dir = Path(cfg.out)
+    return register_and_promote(Path(cfg.out), card, settings, args)
+
+
+def register_and_promote(adapter_dir: Path, card: dict, settings, args) -> int:
+    """Write the card beside the adapter, register it, and promote it if the gate says it is at least as good."""
+    version = card["version"]
+    new_acc, old_acc = card["eval"]["validation_accuracy"], card["eval"]["previous_adapter_accuracy"]
     (adapter_dir / "card.json").write_text(json.dumps(card, indent=2))
     (adapter_dir / "card.md").write_text(card_markdown(card))
     registry.register(settings.data_dir, adapter_dir, version)
@@ -165,7 +181,10 @@ def card_markdown(card: dict) -> str:
         f"- data: {card['data']['source']} — {card['data']['train_examples']} train / {card['data']['val_examples']} held-out "
         f"pairs (train sha256 {card['data']['train_sha256'][:16]}…)",
         f"- LoRA r={hp['lora_r']} alpha={hp['lora_alpha']} lr={hp['lr']} epochs={hp['epochs']} seed={hp['seed']}",
+        *([f"- DPO: {card['dpo']['pairs']} preference pairs (beta={card['dpo']['beta']}, rpo_alpha={card['dpo']['rpo_alpha']}) "
+           f"on top of {card['dpo']['reference_adapter']} (the reference)"] if card.get("dpo") else []),
         f"- held-out execution accuracy: {card['eval']['validation_accuracy']} (previous adapter: {card['eval']['previous_adapter_accuracy']})",
         f"- wall time: {card['wall_seconds']} s", "",
-        "Reproduce: `nl2sql train --log <source> --epochs {}` at the commit above.".format(hp["epochs"]),
+        "Reproduce: `nl2sql train {}--log <source> --epochs {}` at the commit above.".format(
+            f"--dpo --beta {card['dpo']['beta']} " if card.get("dpo") else "", hp["epochs"]),
     ]) + "\n"

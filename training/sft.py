@@ -56,12 +56,12 @@ class TrainConfig:
     log_every: int = opt(0, "Print a plain progress line every N steps instead of a progress bar (0 = bar).")
 
 
-def parse_args(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(TrainConfig):
+def parse_args(argv=None, config=TrainConfig, doc: str = __doc__):
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for f in fields(config):
         kind = type(f.default)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"])
-    return TrainConfig(**vars(p.parse_args(argv)))
+    return config(**vars(p.parse_args(argv)))
 
 
 # --- model -----------------------------------------------------------------------------------------
