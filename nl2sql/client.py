@@ -8,6 +8,7 @@ beyond nl2sql itself.
 from __future__ import annotations
 
 import getpass
+import http.client
 import json
 import socket
 import urllib.error
@@ -21,6 +22,10 @@ from .errors import ConnectError, InputError, Nl2SqlError
 
 class ServerError(Nl2SqlError):
     """The server answered with an error that is not one of nl2sql's own (or did not answer properly)."""
+
+
+class ServerWentAway(ConnectError):
+    """The server took the request, then the connection dropped before the answer: it stopped or restarted."""
 
 
 def _default_client_name() -> str:
@@ -46,14 +51,18 @@ class Client:
         self.timeout = timeout
 
     # --- the endpoints ------------------------------------------------------------------------
-    def ask(self, question: str, db=None, *, execute: bool = True, session: str | None = None):
-        """The server's answer as an nl2sql Answer (df rebuilt from the JSON rows; entry_id set)."""
+    def ask(self, question: str, db=None, *, execute: bool = True, session: str | None = None, examples=None):
+        """The server's answer as an nl2sql Answer (df rebuilt from the JSON rows; entry_id set). `examples`:
+        (question, SQL) pairs a follow-up refers to, as for Pipeline.ask; None lets the server pick."""
         from .api import Answer
         if db is not None and not isinstance(db, str):
             raise InputError("Through a server, db= is the name of one of the server's databases.",
                              hint="Pass a name from Client.databases(), or unset NL2SQL_SERVER to use your own "
                                   "connection in process.")
-        body = self._call("POST", "/v1/ask", {"question": question, "db": db, "execute": execute, "session": session})
+        payload = {"question": question, "db": db, "execute": execute, "session": session}
+        if examples:
+            payload["examples"] = [[q, sql] for q, sql in examples]
+        body = self._call("POST", "/v1/ask", payload)
         fields = {k: v for k, v in body.items() if k in Answer.__dataclass_fields__ and k != "df"}
         answer = Answer(**fields)
         answer.df = _frame(body.get("result"))
@@ -71,8 +80,15 @@ class Client:
         self._call("POST", "/v1/feedback", {"entry_id": entry_id, "rating": rating, "comment": comment,
                                             "corrected_sql": corrected_sql})
 
-    def schema(self, db: str | None = None) -> dict:
-        return self._call("GET", "/v1/schema" + (f"?db={urllib.parse.quote(db)}" if db else ""))
+    def schema(self, db: str | None = None):
+        """The database's nl2sql.schema.Schema (named by the server's name for it), sample values included."""
+        from .schema import Column, ForeignKey, Schema, Table
+        body = self._call("GET", "/v1/schema" + (f"?db={urllib.parse.quote(db)}" if db else ""))
+        tables = tuple(Table(t["name"], tuple(Column(**{**c, "samples": tuple(c.get("samples") or ())})
+                                              for c in t["columns"]),
+                             t.get("comment") or "", tuple(ForeignKey(**fk) for fk in t.get("foreign_keys") or ()))
+                       for t in body["tables"])
+        return Schema(body["db"], body["dialect"], tables)
 
     def databases(self) -> list[str]:
         return self._call("GET", "/v1/databases")["databases"]
@@ -92,14 +108,31 @@ class Client:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"{}")
+                raw = resp.read()
         except urllib.error.HTTPError as e:
             raise _error_from(e, self.url) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise ConnectError(f"The nl2sql server at {self.url} did not answer ({reason}); it may be stopped or "
-                               "restarting.", hint="Start it with `nl2sql serve`, retry in a moment, or unset "
-                                                   "NL2SQL_SERVER to answer in process.") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            raise _unanswered(e, self.url, self.timeout) from None
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            raise ServerError(f"The server at {self.url} did not answer with JSON.",
+                              hint="Is this URL an `nl2sql serve` service?") from None
+
+
+def _unanswered(e: BaseException, url: str, timeout: float) -> ConnectError:
+    """No answer: the server is not there (refused, unknown host), was too slow, or went away mid-request (the
+    connection dropped or the reply was cut off), in which case the work may or may not have been done."""
+    reason = getattr(e, "reason", e)
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return ConnectError(f"The nl2sql server at {url} did not answer within {timeout:g} s.",
+                            hint="It may be overloaded: retry, or raise the client's timeout.")
+    if isinstance(reason, (http.client.HTTPException, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return ServerWentAway(f"The nl2sql server at {url} went away while working on this request (it stopped or "
+                              "restarted).", hint="Retry in a moment; if it keeps happening, check the server's log.")
+    return ConnectError(f"The nl2sql server at {url} did not answer ({reason}); it may be stopped or restarting.",
+                        hint="Start it with `nl2sql serve`, retry in a moment, or unset NL2SQL_SERVER to answer in "
+                             "process.")
 
 
 def _error_from(e, url: str) -> Nl2SqlError:
@@ -115,6 +148,8 @@ def _error_from(e, url: str) -> Nl2SqlError:
     if e.code == 404 and not body.get("error_type"):
         hint = "Is this URL an `nl2sql serve` service?"
     cls = getattr(errors, body.get("error_type") or "", None)
+    if body.get("error_type") == "ServerStopping":  # it dropped the request while stopping
+        cls = ServerWentAway
     if not (isinstance(cls, type) and issubclass(cls, Nl2SqlError)):
         cls = ServerError
     err = cls(message, hint=hint)

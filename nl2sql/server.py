@@ -48,6 +48,10 @@ class Forbidden(Nl2SqlError):
     """The request names something this server does not serve (a database outside its list)."""
 
 
+class ServerStopping(Nl2SqlError):
+    """The server is stopping (SIGTERM, a restart) and dropped the request before its answer (503)."""
+
+
 def database_map(settings: Settings) -> dict:
     """NL2SQL_SERVE_DATABASES as {name: db} (db None = the demo warehouse).
 
@@ -254,6 +258,8 @@ class _Guard:
 def _status(e: Nl2SqlError) -> int:
     if isinstance(e, Forbidden):
         return 403
+    if isinstance(e, ServerStopping):
+        return 503
     if isinstance(e, (InputError, ValidationError)):
         return 422
     if isinstance(e, ModelError):
@@ -355,15 +361,19 @@ def create_app(settings: Settings | None = None, *, generator=None):
                     except (RequestCancelled, Exception):
                         pass
                     return None
-        except asyncio.CancelledError:  # the server is stopping: stop the work too
-            event.set()
-            raise
+        except asyncio.CancelledError:  # the server is stopping and its grace period is over: stop the work too,
+            event.set()                 # and tell the client so (not a bare 500), before the connection closes
+            raise ServerStopping("The nl2sql server is stopping (shut down or restarted) and dropped this request "
+                                 "before its answer; nothing was logged.", hint="Retry in a moment.") from None
 
     class AskBody(BaseModel):
         question: str = Field(description="The question, in words.")
         db: str | None = Field(None, description="One of the server's database names (GET /v1/databases).")
         execute: bool = Field(True, description="Run the SQL and return its rows (false: the SQL only).")
         session: str | None = Field(None, description="A conversation id, kept in the query log.")
+        examples: list[tuple[str, str]] | None = Field(
+            None, description="A follow-up: the [question, SQL] pairs it refers to, shown to the model (the app's "
+                              "thread). Omitted: the database's verified pairs most like the question.")
 
     class ExecuteBody(BaseModel):
         sql: str = Field(description="One read-only SELECT in the database's dialect.")
@@ -401,14 +411,16 @@ def create_app(settings: Settings | None = None, *, generator=None):
 
         def work():
             t0 = time.perf_counter()
-            a = pipe.ask(body.question, db, execute=body.execute, session=body.session)
+            context = [tuple(pair) for pair in body.examples] if body.examples else None
+            a = pipe.ask(body.question, db, execute=body.execute, examples=context, session=body.session)
             check_cancelled()  # the client left: nothing goes to the log
             latency = time.perf_counter() - t0
             # the log names the database as the app does (querylog.db_key), so its corrections are retrieved as
             # examples and `nl2sql train` can reopen it, whichever client logged them
             entry = log.record(question=a.question, db=db_key(db), sql=a.sql, executed=a.df is not None,
                                error=a.error, model=a.model, adapter=a.adapter, latency=latency, raw_sql=a.raw_sql,
-                               dialect=pipe.schema(db).dialect, session=body.session, candidates=a.candidates,
+                               dialect=pipe.schema(db).dialect, session=body.session, context=context,
+                               candidates=a.candidates,
                                agreement=a.agreement, client=who, confidence=a.confidence, escalated=a.escalated,
                                answered_by=a.answered_by, attempts=a.attempts)
             metrics.answered(latency)
@@ -492,11 +504,12 @@ def create_app(settings: Settings | None = None, *, generator=None):
     return _SizeLimit(_Guard(app, settings, limiter, metrics), settings.serve_max_request_bytes)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8765, settings: Settings | None = None) -> None:
-    """Run the service until SIGINT/SIGTERM (in-flight answers get a few seconds to finish)."""
+def serve(host: str = "127.0.0.1", port: int = 8765, settings: Settings | None = None, *, generator=None) -> None:
+    """Run the service until SIGINT/SIGTERM (in-flight answers get a few seconds to finish). `generator`: as in
+    create_app (tests run the real service around a scripted model)."""
     settings = settings or Settings.from_env()
     check_listen(host, settings)
     _require_fastapi()
     import uvicorn
-    app = create_app(settings)
+    app = create_app(settings, generator=generator)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

@@ -253,3 +253,81 @@ def test_an_old_query_log_gains_the_client_column(tmp_path):
     log.record(question="new", db="demo", sql="SELECT 1", executed=True, client="bo@host")
     old, new = log.entries()
     assert old["client"] is None and new["client"] == "bo@host"
+
+
+# --- the real service in a subprocess, stopped mid-answer and restarted ---------------------------------
+
+@pytest.mark.parametrize("sig,seconds,finishes", [
+    ("SIGTERM", 30, False),   # past the 5 s grace period: the question is dropped, the client told so
+    ("SIGTERM", 1.5, True),   # within the grace period: the answer is written and logged
+    ("SIGKILL", 30, False),   # no chance to say anything: the client sees the connection drop
+])
+def test_a_restart_mid_answer_is_a_clear_error_and_the_log_stays_consistent(tmp_path, sig, seconds, finishes):
+    import signal
+
+    from nl2sql.client import Client, ServerWentAway
+    from serving import ServeProcess
+    log_path = tmp_path / "log.sqlite"
+    srv = ServeProcess(tmp_path, {"NL2SQL_QUERY_LOG": str(log_path), "NL2SQL_CANDIDATES": "1",
+                                  "NL2SQL_DATA_DIR": str(tmp_path / "data"), "NL2SQL_API_TOKEN": TOKEN},
+                       scripted=(seconds, [COUNT])).start()
+    question = "How many customers are there?"
+    out = {}
+
+    def ask():
+        try:
+            out["answer"] = Client(srv.url, token=TOKEN, name="restart-test").ask(question)
+        except Exception as e:  # noqa: BLE001 - the test looks at what it was
+            out["error"] = e
+    asking = threading.Thread(target=ask)
+    try:
+        asking.start()
+        srv.wait_for("generating 1")      # the question is with the model
+        took = srv.stop(getattr(signal, sig))
+        asking.join(30)
+        assert took < 8                   # SIGTERM: the 5 s grace period, then gone
+        entries = QueryLog(log_path).entries()   # the log opens
+        con = sqlite3.connect(log_path)
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        con.close()
+        if finishes:
+            assert out["answer"].ok and "error" not in out
+            [entry] = entries               # complete: its SQL, result flag and client
+            assert (entry["question"], entry["sql"], entry["executed"]) == (question, COUNT, 1)
+            assert entry["client"].startswith("restart-test@")
+        else:
+            err = out["error"]
+            assert isinstance(err, ServerWentAway), repr(err)
+            assert "went away" in str(err) or "stopping" in str(err)
+            assert "Retry" in str(err) and "Traceback" not in str(err)
+            assert entries == []            # the dropped question is absent, not half-written
+        if sig == "SIGTERM":
+            assert "Traceback" not in srv.log.read_text()
+
+        srv.scripted = (0, [COUNT])         # the restarted model answers at once
+        srv.start()                         # the same port, the same query log
+        again = Client(srv.url, token=TOKEN, name="restart-test").ask(question)
+        assert again.ok and again.sql == COUNT and int(again.df.iloc[0, 0]) > 0
+        entries = QueryLog(log_path).entries()   # the log accepts the next write
+        assert [e["question"] for e in entries] == [question] * (2 if finishes else 1)
+        assert entries[-1]["id"] == again.entry_id and entries[-1]["executed"] == 1
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+def test_a_follow_up_through_the_server_carries_its_context_and_the_schema_comes_back_whole(srv_settings, live):
+    from nl2sql.client import Client
+    from nl2sql.schema import Schema
+    gen = ScriptedGenerator([COUNT, COUNT + " WHERE segment = 'Consumer'"])
+    client = Client(live(srv_settings, gen), token=TOKEN)
+    first = client.ask("How many customers are there?")
+    second = client.ask("only consumers", examples=[(first.question, first.sql)])
+    assert "-- Question: How many customers are there?\n-- SQL:\nSELECT COUNT(*) FROM customers\n" in gen.prompts[1]
+    entries = QueryLog(srv_settings.query_log_path).entries()
+    assert entries[0]["context"] is None
+    assert json.loads(entries[1]["context"]) == [["How many customers are there?", COUNT]]
+    assert second.entry_id == entries[1]["id"]
+    schema = client.schema()
+    assert isinstance(schema, Schema) and schema.name == "demo" and schema.dialect == "duckdb"
+    customers = next(t for t in schema.tables if t.name == "customers")
+    assert any(c.primary_key for c in customers.columns) and all(isinstance(c.samples, tuple) for c in customers.columns)

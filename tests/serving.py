@@ -1,0 +1,112 @@
+"""`nl2sql serve` in a subprocess for the tests: the real service (uvicorn, its signal handling, its query log),
+around the bundled model (`nl2sql serve`, the CLI) or a scripted one that takes its time
+(`python tests/serving.py PORT SECONDS SQL...`: nl2sql.server.serve with a SlowScripted generator).
+Settings come from the environment, as for `nl2sql serve`."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from nl2sql.batching import check_cancelled
+from nl2sql.generate import ScriptedGenerator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SlowScripted(ScriptedGenerator):
+    """Writes each queued answer (cycling through them) over `seconds`, checking the cancel scope every 10 ms as
+    the batcher does between decoding steps; `started` is set when a question reaches the model."""
+
+    def __init__(self, outputs, seconds: float):
+        super().__init__(outputs)
+        self.seconds, self.calls = seconds, 0
+
+    def candidates(self, *args, **kw):
+        self.calls += 1
+        print(f"generating {self.calls}", file=sys.stderr, flush=True)  # the test waits for this line
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+            check_cancelled()
+        self.outputs.append(self.outputs[0])  # the same question again after a restart gets the same answer
+        return super().candidates(*args, **kw)
+
+
+class ServeProcess:
+    """One `nl2sql serve` process on a free port; `log` collects its output. stop() with a signal, start() again on
+    the same port and query log (a restart)."""
+
+    def __init__(self, tmp_path: Path, env: dict, scripted: tuple[float, list[str]] | None = None):
+        self.port, self.tmp_path, self.scripted = free_port(), tmp_path, scripted
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "NL2SQL_THREADS": "1", **env}
+        self.proc, self.starts = None, 0
+
+    @property
+    def log(self) -> Path:
+        return self.tmp_path / f"serve-{self.starts}.log"
+
+    def start(self, wait: float = 120) -> "ServeProcess":
+        self.starts += 1
+        if self.scripted:
+            seconds, outputs = self.scripted
+            cmd = [sys.executable, str(Path(__file__).resolve()), str(self.port), str(seconds), *outputs]
+        else:
+            cmd = [sys.executable, "-m", "nl2sql.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"nl2sql serve did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def wait_for(self, text: str, wait: float = 600) -> None:
+        """Until the server's output holds `text` (e.g. 'generating 1')."""
+        deadline = time.monotonic() + wait
+        while text not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} from nl2sql serve:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.02)
+
+    def stop(self, sig=signal.SIGTERM, wait: float = 30) -> float:
+        """Send `sig`; the seconds until the process was gone."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"nl2sql serve ignored {sig!r} for {wait} s")
+        return time.monotonic() - t0
+
+
+def main(argv: list[str]) -> None:
+    from nl2sql.server import serve
+    port, seconds, outputs = int(argv[0]), float(argv[1]), argv[2:]
+    serve("127.0.0.1", port, generator=SlowScripted(outputs, seconds))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
