@@ -8,7 +8,14 @@ least t and the escalated one below it: each share's threshold is chosen from th
 read off the trace. Escalation here is the base model with its adapter decoding NL2SQL_ESCALATE_CANDIDATES
 candidates instead of NL2SQL_CANDIDATES (no second local checkpoint exists to serve as the larger backend).
 
+With --remote the escalation goes straight (no more-candidates step) to an OpenAI-compatible server instead
+(nl2sql/remote.py), decoding --remote-candidates candidates there: `--remote local` starts an `nl2sql serve` on
+this machine with the same base and adapter (NL2SQL_THREADS=1), so against the in-process trace the difference is
+what the HTTP hop costs and what the remote path lacks (the binder and repair branches stay in process). Each
+question's HTTP overhead is the client's wall seconds minus the seconds the server says it decoded.
+
     NL2SQL_THREADS=1 python benchmarks/routing.py --spider ../shared/data/spider --sample 60
+    NL2SQL_THREADS=1 python benchmarks/routing.py --sample 60 --remote local     # -> results/routing/remote/
     python benchmarks/routing.py --from benchmarks/results/routing/trace.jsonl   # the curve again, no model
 """
 from __future__ import annotations
@@ -16,9 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
+import socket
 import statistics
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,12 +60,16 @@ def score(pipe, case, sql, error) -> bool:
         return False
 
 
-def trace(spider: Path, sample: int, out: Path) -> list[dict]:
+def trace(spider: Path, sample: int, out: Path, remote: str | None = None, remote_candidates: int = 12) -> list[dict]:
     from nl2sql import routing
     from nl2sql.api import Pipeline
     from nl2sql.config import Settings
     from nl2sql.evaluate import spider_cases
-    settings = Settings.from_env(escalate_below=2.0)  # above any confidence: every question escalates
+    overrides: dict = {"escalate_below": 2.0}  # above any confidence: every question escalates
+    if remote:  # straight to the server, with more candidates there
+        overrides.update(escalate_candidates=0, escalate_model=f"openai:{remote}/v1",
+                         escalate_model_candidates=remote_candidates)
+    settings = Settings.from_env(**overrides)
     pipe = Pipeline(settings)
     cases = spider_cases(spider)
     if sample and sample < len(cases):  # evenly spaced, as `nl2sql eval --sample` picks them
@@ -67,11 +82,14 @@ def trace(spider: Path, sample: int, out: Path) -> list[dict]:
         return original(p, q, schema, best, n, how)
     routing._escalate = capture
     pipe.generator  # load the model before the clock starts (cold start is measured by benchmarks/cold_start.py)
+    if remote:  # and the server's (it loads its model on the first request)
+        routing.larger_pipeline(pipe).generator.candidates("-- SQL:\n", None, 4)
     rows = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as fh:
         for i, case in enumerate(cases):
             first.clear()
+            wire = _wire(pipe) if remote else None
             t0 = time.perf_counter()
             a = pipe.ask(case.question, case.db)
             total = time.perf_counter() - t0
@@ -84,6 +102,10 @@ def trace(spider: Path, sample: int, out: Path) -> list[dict]:
                    "first_seconds": round(total - esc_s, 3),
                    "escalated": a.escalated, "escalated_confidence": a.confidence, "escalated_sql": a.sql,
                    "escalated_correct": score(pipe, case, a.sql, a.error), "escalated_seconds": round(total, 3)}
+            if remote:
+                after = _wire(pipe)
+                row.update(answered_by=a.answered_by, route_note=a.route_note,
+                           http_wall_seconds=round(after[0] - wire[0], 4), server_seconds=round(after[1] - wire[1], 4))
             rows.append(row)
             fh.write(json.dumps(row, default=str) + "\n")
             fh.flush()
@@ -91,6 +113,57 @@ def trace(spider: Path, sample: int, out: Path) -> list[dict]:
                   f"escalated {int(row['escalated_correct'])} {row['first_seconds']:.1f}+{esc_s:.1f} s", flush=True)
     routing._escalate = original
     return rows
+
+
+def _wire(pipe) -> tuple[float, float]:
+    """Seconds the remote backend's requests took here, and the seconds its server says it decoded, so far."""
+    from nl2sql import routing
+    gen = routing.larger_pipeline(pipe).generator
+    return gen.wall_s, gen.server_s
+
+
+def start_local_server(port: int, token: str, log_path: Path):
+    """`nl2sql serve` on this machine (same settings as this process, one thread), for --remote local."""
+    env = {**os.environ, "NL2SQL_API_TOKEN": token, "NL2SQL_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "nl2sql.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"nl2sql serve exited; see {log.name}")
+            time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("nl2sql serve did not start in 2 minutes")
+
+
+def http_overhead(rows: list[dict]) -> dict:
+    """Per escalated question: the client's seconds on the wire minus the server's decoding seconds."""
+    calls = [r for r in rows if r.get("http_wall_seconds")]
+    if not calls:
+        return {}
+    over = sorted(r["http_wall_seconds"] - r["server_seconds"] for r in calls)
+    return {"questions": len(calls), "mean_wall_s": round(statistics.mean(r["http_wall_seconds"] for r in calls), 3),
+            "mean_server_decode_s": round(statistics.mean(r["server_seconds"] for r in calls), 3),
+            "mean_overhead_s": round(statistics.mean(over), 4), "median_overhead_s": round(statistics.median(over), 4),
+            "p90_overhead_s": round(over[int(0.9 * (len(over) - 1))], 4),
+            "failed": sum(1 for r in rows if r.get("route_note"))}
+
+
+def compare(rows: list[dict], other: list[dict]) -> dict:
+    """The remote trace against the in-process one (same questions, same first answers expected)."""
+    by_q = {(r["db_id"], r["question"]): r for r in other}
+    pairs = [(r, by_q[(r["db_id"], r["question"])]) for r in rows if (r["db_id"], r["question"]) in by_q]
+    if not pairs:
+        return {}
+    n = len(pairs)
+    return {"questions": n, "same_first_sql": sum(a["first_sql"] == b["first_sql"] for a, b in pairs),
+            "same_escalated_sql": sum(a["escalated_sql"] == b["escalated_sql"] for a, b in pairs),
+            "escalated_correct_remote": sum(a["escalated_correct"] for a, _ in pairs),
+            "escalated_correct_in_process": sum(b["escalated_correct"] for _, b in pairs)}
 
 
 def auroc(scores, labels) -> float | None:
@@ -131,20 +204,44 @@ def main(argv=None) -> int:
     ap.add_argument("--spider", default=str(ROOT.parent / "shared" / "data" / "spider"))
     ap.add_argument("--sample", type=int, default=60)
     ap.add_argument("--from", dest="trace_file", help="read a saved trace instead of running the model")
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--out", help="results folder (default: results/routing, or results/routing/remote)")
+    ap.add_argument("--remote", help="escalate to an OpenAI-compatible server at this URL (token: "
+                                     "NL2SQL_ESCALATE_API_KEY), or 'local' to start nl2sql serve here")
+    ap.add_argument("--remote-candidates", type=int, default=12, help="candidates the server decodes per question")
+    ap.add_argument("--compare", default=str(OUT / "trace.jsonl"), help="--remote: the in-process trace to compare")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    out = Path(args.out)
-    if args.trace_file:
-        rows = [json.loads(line) for line in Path(args.trace_file).read_text().splitlines() if line.strip()]
-    else:
-        rows = trace(Path(args.spider), args.sample, out / "trace.jsonl")
+    out = Path(args.out or (OUT / "remote" if args.remote else OUT))
+    out.mkdir(parents=True, exist_ok=True)
+    server = None
+    if args.remote == "local":
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ["NL2SQL_ESCALATE_API_KEY"] = token = secrets.token_hex(16)
+        server = start_local_server(port, token, out / "serve.log")
+        args.remote = f"http://127.0.0.1:{port}"
+    try:
+        if args.trace_file:
+            rows = [json.loads(line) for line in Path(args.trace_file).read_text().splitlines() if line.strip()]
+        else:
+            rows = trace(Path(args.spider), args.sample, out / "trace.jsonl", args.remote, args.remote_candidates)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
     result = curve(rows)
     from nl2sql.config import Settings
     s = Settings.from_env()
     result.update(candidates=s.candidates, escalate_candidates=s.escalate_candidates, sample=len(rows),
                   escalation="the same base model and adapter with more candidates")
-    out.mkdir(parents=True, exist_ok=True)
+    if args.remote or any("http_wall_seconds" in r for r in rows):
+        result.update(escalate_candidates=0, escalate_model_candidates=args.remote_candidates,
+                      escalation="nl2sql serve (same base and adapter) over HTTP, more candidates there",
+                      http=http_overhead(rows))
+        if Path(args.compare).exists():
+            other = [json.loads(line) for line in Path(args.compare).read_text().splitlines() if line.strip()]
+            result["versus_in_process"] = compare(rows, other)
     (out / "curve.json").write_text(json.dumps(result, indent=2))
     print(f"\n{'share':>6} {'threshold':>9} {'accuracy':>9} {'mean s':>7} {'median s':>9} {'p90 s':>6}")
     for p in result["points"]:
@@ -152,6 +249,8 @@ def main(argv=None) -> int:
               f"{p['mean_seconds']:7.2f} {p['median_seconds']:9.2f} {p['p90_seconds']:6.2f}")
     print(f"every question escalated: {result['all_escalated_accuracy'] * 100:.1f} %; AUROC of confidence parts "
           f"for 'first answer correct': {result['auroc_first_answer_correct']}")
+    if result.get("http"):
+        print(f"HTTP: {result['http']}\nversus in process: {result.get('versus_in_process')}")
     return 0
 
 

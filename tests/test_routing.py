@@ -80,6 +80,28 @@ def test_still_unsure_goes_to_the_larger_backend(settings, sqlite_db):
     assert larger.prompts == pipe.generator.prompts  # the same prompt (and grammar) as the small model's
 
 
+def test_the_larger_backend_decodes_its_own_number_of_candidates(settings, sqlite_db):
+    pipe = _pipe(settings, [(NETHERLANDS, -0.1), (FRANCE, -0.2)], candidates=2, escalate_below=0.9,
+                 escalate_candidates=0, escalate_model="bigger-model", escalate_model_candidates=5)
+    larger = ScriptedGenerator([[(FRANCE, -0.05)] * 5])
+    routing.larger_pipeline(pipe, generator=larger)
+    a = pipe.ask(Q, str(sqlite_db))
+    assert a.escalated == "model" and a.candidates == 5 and a.agreement == 5
+
+
+def test_an_openai_url_is_a_remote_backend_and_a_malformed_one_a_note(settings, sqlite_db):
+    from nl2sql.remote import RemoteGenerator
+    pipe = _pipe(settings, [(NETHERLANDS, -0.1), (FRANCE, -0.2)], candidates=2, escalate_below=0.9,
+                 escalate_candidates=0, escalate_model="openai:http://user:secret@gpu-box:8000/v1")
+    gen = routing.larger_pipeline(pipe).generator
+    assert isinstance(gen, RemoteGenerator) and gen.base == "http://user:secret@gpu-box:8000"
+    assert gen.model_name == "openai:http://gpu-box:8000"   # before it is asked: where, without the password
+    bad = _pipe(settings, [(NETHERLANDS, -0.1), (FRANCE, -0.2)], candidates=2, escalate_below=0.9,
+                escalate_candidates=0, escalate_model="openai:gpu-box:8000")
+    a = bad.ask(Q, str(sqlite_db))
+    assert a.ok and a.escalated is None and "openai: followed by an http(s) URL" in a.route_note
+
+
 def test_a_larger_backend_that_fails_to_load_leaves_the_small_answer_with_a_note(settings, sqlite_db, tmp_path):
     pipe = _pipe(settings, [(NETHERLANDS, -0.1), (FRANCE, -0.2)], [(NETHERLANDS, -0.1), (FRANCE, -0.2)],
                  candidates=2, escalate_below=0.9, escalate_candidates=0,
