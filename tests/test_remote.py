@@ -31,6 +31,7 @@ from nl2sql.grammar import parses, sql_grammar  # noqa: E402
 from nl2sql.querylog import QueryLog  # noqa: E402
 from nl2sql.remote import RemoteGenerator  # noqa: E402
 from nl2sql.server import create_app  # noqa: E402
+from serving import ServeProcess, free_port  # noqa: E402  (tests/serving.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "remote-test-token-0123456789"
@@ -74,12 +75,6 @@ uvicorn.run(create_app(s, generator=ByQuestion()), host="127.0.0.1", port=port, 
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_up(url: str, proc, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -105,7 +100,7 @@ def _stop(proc) -> None:
 def backend(tmp_path_factory):
     """A real `nl2sql serve` (uvicorn, the FastAPI app, its guards) in a subprocess around the scripted model."""
     d = tmp_path_factory.mktemp("remote")
-    port, calls = _free_port(), d / "calls.jsonl"
+    port, calls = free_port(), d / "calls.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(calls), str(d / "data"), TOKEN], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -177,7 +172,7 @@ def test_a_wrong_key_is_a_clear_note_and_the_small_answer_stands(settings, sqlit
 
 
 def test_a_backend_that_is_down_leaves_the_small_answer_and_is_not_asked_on_every_question(settings, sqlite_db):
-    url = f"http://127.0.0.1:{_free_port()}"            # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"            # nothing listens there
     pipe = _routed(settings, url)
     a = pipe.ask(Q_FRANCE, str(sqlite_db))
     assert a.ok and a.escalated is None and a.raw_sql == NETHERLANDS and a.answered_by == "scripted"
@@ -214,7 +209,7 @@ def test_a_missing_model_name_says_what_is_served(settings, backend):
     with pytest.raises(ConfigError, match="does not serve 'llama-70b'; it serves: scripted-large"):
         RemoteGenerator(s).model()
     with pytest.raises(ConnectError, match="could not be reached"):
-        RemoteGenerator(s.replace(escalate_model=f"openai:http://127.0.0.1:{_free_port()}")).model()
+        RemoteGenerator(s.replace(escalate_model=f"openai:http://127.0.0.1:{free_port()}")).model()
 
 
 # --- nl2sql serve's side: the OpenAI endpoints, in process ----------------------------------------------------
@@ -350,14 +345,10 @@ def test_a_vllm_server_gets_both_grammar_fields_and_its_logprobs_become_confiden
 def test_escalation_to_a_real_nl2sql_serve_with_the_bundled_model(settings, sqlite_db, tmp_path):
     """`nl2sql serve` (the bundled model, batched, llguidance grammar) as the escalation target of an in-process
     bundled model: the drop-in case, over real HTTP."""
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NL2SQL_THREADS": "1", "NL2SQL_API_TOKEN": TOKEN,
-           "NL2SQL_DATA_DIR": str(settings.data_dir), "NL2SQL_QUERY_LOG": str(tmp_path / "server-log.sqlite")}
-    proc = subprocess.Popen([sys.executable, "-m", "nl2sql.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    srv = ServeProcess(tmp_path, {"NL2SQL_API_TOKEN": TOKEN, "NL2SQL_DATA_DIR": str(settings.data_dir),
+                                  "NL2SQL_QUERY_LOG": str(tmp_path / "server-log.sqlite")}).start()
+    url = srv.url
     try:
-        _wait_up(url, proc)
         pipe = Pipeline(settings.replace(escalate_below=1.01, escalate_candidates=0, escalate_model=f"openai:{url}/v1",
                                          escalate_api_key=TOKEN, escalate_model_candidates=6))
         a = pipe.ask("How many singers are there?", str(sqlite_db))
@@ -369,4 +360,4 @@ def test_escalation_to_a_real_nl2sql_serve_with_the_bundled_model(settings, sqli
             assert "larger model's SQL failed" in a.route_note
         assert a.ok and int(a.df.iloc[0, 0]) == 6
     finally:
-        _stop(proc)
+        srv.stop()
