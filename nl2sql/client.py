@@ -28,7 +28,7 @@ class ServerWentAway(ConnectError):
     """The server took the request, then the connection dropped before the answer: it stopped or restarted."""
 
 
-def _default_client_name() -> str:
+def default_client_name() -> str:
     try:
         return f"{getpass.getuser()}@{socket.gethostname()}"
     except Exception:  # noqa: BLE001 - no user name in this environment
@@ -47,7 +47,7 @@ class Client:
         settings = settings or Settings.from_env()
         self.url = url.rstrip("/")
         self.token = token if token is not None else settings.api_token
-        self.name = name or _default_client_name()
+        self.name = name or default_client_name()
         self.timeout = timeout
 
     # --- the endpoints ------------------------------------------------------------------------

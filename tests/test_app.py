@@ -106,7 +106,7 @@ def test_edit_rerun_and_keep_logs_the_correction(app, tmp_path):
     out = tmp_path / "pairs.jsonl"
     assert log.export_training(out) == 1
     assert json.loads(out.read_text()) == {"question": "How many stores are in each region?", "sql": fixed,
-                                           "db": "demo", "label": "corrected"}
+                                           "db": "demo", "label": "corrected", "model_sql": BY_REGION}
 
 
 @pytest.mark.parametrize("sql,message", [("DROP TABLE stores", "read"), ("SELECT nonsense FROM stores", "nonsense"),
@@ -288,3 +288,197 @@ def test_a_crash_while_answering_ends_the_answer_with_a_message(app):
     assert "RuntimeError" in err.value and "s3cret" not in err.value and not busy(at)
     assert log.entries()[0]["question"] == "How many stores?" and "RuntimeError" in log.entries()[0]["error"]
     assert not at.chat_input[0].disabled
+
+
+# --- the app against `nl2sql serve` (NL2SQL_SERVER): a real service in a subprocess ----------------------------
+# Scripted model unless marked `model`. The app's process must load no model: the loader and the in-process
+# pipeline are replaced by ones that fail the test.
+
+TOKEN = "app-test-token"
+COUNT = "SELECT COUNT(*) AS n FROM customers"
+
+
+@pytest.fixture
+def served(tmp_path, settings, monkeypatch):
+    """make(*outputs, seconds=0, token=..., app_token=..., server=..., state=..., **server_env) → (AppTest after its
+    first run, the server process, the server's query log). The scripted model answers each question after
+    `seconds` (no outputs: the bundled model, `nl2sql serve` itself); `state` goes into the session first."""
+    import nl2sql.api
+    import nl2sql.model
+    from serving import ServeProcess
+
+    def no_model(*a, **kw):
+        raise AssertionError("the app loaded a model in its own process")
+    monkeypatch.setattr(nl2sql.model, "load", no_model)
+    monkeypatch.setattr(nl2sql.api, "default_pipeline", no_model)
+    servers = []
+
+    def make(*outputs, seconds=0.0, token=TOKEN, app_token=None, server=None, state=None, **server_env):
+        log = tmp_path / "server-log.sqlite"
+        if server is None:
+            env = {"NL2SQL_QUERY_LOG": str(log), "NL2SQL_CANDIDATES": "1", "NL2SQL_DATA_DIR": str(settings.data_dir),
+                   "NL2SQL_API_TOKEN": token, **{f"NL2SQL_{k.upper()}": str(v) for k, v in server_env.items()}}
+            server = ServeProcess(tmp_path, env, scripted=(seconds, list(outputs)) if outputs else None).start(900)
+            servers.append(server)
+        monkeypatch.setenv("NL2SQL_SERVER", server.url)
+        monkeypatch.setenv("NL2SQL_API_TOKEN", app_token or token)
+        at = AppTest.from_file(APP, default_timeout=60)
+        for k, v in (state or {}).items():
+            at.session_state[k] = v
+        at.run()
+        assert not at.exception, at.exception
+        return at, server, QueryLog(log)
+    yield make
+    import signal
+    for s in servers:
+        s.stop(signal.SIGKILL)
+
+
+def user_questions(at):
+    return [m.markdown[0].value for m in at.chat_message if m.name == "user"]
+
+
+def test_the_app_asks_edits_and_rates_through_the_server(served):
+    at, srv, log = served(BY_REGION, "SELECT region, COUNT(*) AS stores FROM stores WHERE region = 'West' "
+                                     "GROUP BY region")
+    assert not at.error and not at.chat_input[0].disabled
+    assert any(srv.url in c.value for c in at.sidebar.caption)
+    # the schema browser shows the server's schema, sample values included, and its search works
+    assert any(e.label.startswith("stores (") for e in at.sidebar.expander)
+    at.sidebar.text_input(key="schema_search").input("region").run()
+    assert any(e.label.startswith("stores (") for e in at.sidebar.expander)
+    assert not any(e.label.startswith("calendar (") for e in at.sidebar.expander)
+    ask(at, "How many stores are in each region?")
+    assert [c.value for c in at.code] == [BY_REGION]
+    df = at.main.dataframe[0].value
+    assert df["stores"].sum() == 16 and chart_spec(at)["mark"]["type"] == "bar"
+    assert any("model scripted" in c.value for c in at.caption)
+    [e] = log.entries()   # the server logged it, with the app as the client
+    assert e["client"].startswith("nl2sql-app ") and e["session"] == at.session_state["session_id"]
+    assert (e["question"], e["sql"], e["executed"], e["db"]) == ("How many stores are in each region?", BY_REGION, 1,
+                                                                  "demo")
+    # an edit runs on the server's guarded executor; keep, rate and comment land in the server's log
+    fixed = "SELECT region, COUNT(*) AS stores FROM stores WHERE region <> 'Online' GROUP BY region"
+    at.text_area(key="sql-1").set_value(fixed)
+    at.button(key="run-1").click().run()
+    assert not at.error and len(at.main.dataframe[0].value) == 4
+    at.text_area(key="sql-1").set_value("DELETE FROM stores")
+    at.button(key="run-1").click().run()
+    assert "read" in at.error[0].value.lower() and not at.exception
+    at.text_area(key="sql-1").set_value(fixed)
+    at.button(key="run-1").click().run()
+    at.button(key="keep-1").click().run()
+    at.feedback(key="rating-1").set_value(1).run()
+    at.text_input(key="comment-1").input("Online is not a region").run()
+    [e] = log.entries()
+    assert (e["corrected_sql"], e["rating"], e["comment"]) == (fixed, 1, "Online is not a region")
+    assert not at.warning
+    # a follow-up sends the answer it refers to; both stay on the page as a thread
+    ask(at, "now only the West")
+    assert user_questions(at) == ["How many stores are in each region?", "now only the West"]
+    assert len(at.code) == 2 and len(at.main.dataframe) == 2
+    assert json.loads(log.entries()[1]["context"]) == [["How many stores are in each region?", fixed]]
+    team = AppTest.from_function(_team_page, default_timeout=30)
+    team.run()
+    assert not team.exception and srv.url in team.info[0].value   # its log is the server's
+
+
+def test_questions_typed_while_the_server_answers_are_queued(served):
+    at, srv, log = served(BY_REGION, COUNT, seconds=1.5)
+    at.chat_input[0].set_value("Stores per region?").run()
+    assert busy(at) and at.status[0].label.startswith("Waiting for the nl2sql server")
+    at.chat_input[0].set_value("How many customers?").run()
+    assert user_questions(at) == ["Stores per region?", "How many customers?"]
+    assert any("Queued" in c.value for c in at.caption)
+    settle(at)
+    assert [c.value for c in at.code] == [BY_REGION, COUNT] and len(at.main.dataframe) == 2
+    assert [e["question"] for e in log.entries()] == ["Stores per region?", "How many customers?"]
+
+
+def test_a_server_that_is_down_or_refuses_the_token_is_a_clear_message(served, tmp_path):
+    from serving import ServeProcess
+    dead = ServeProcess(tmp_path, {})   # never started: nothing listens on its port
+    at, _, _ = served(server=dead)
+    [err] = at.error
+    assert "did not answer" in err.value and "nl2sql serve" in err.value and "Traceback" not in err.value
+    assert at.chat_input[0].disabled and at.sidebar.button(key="conn_retry")
+    at, _, log = served(COUNT, app_token="wrong-token")
+    [err] = at.error
+    assert "token" in err.value and "NL2SQL_API_TOKEN" in err.value and "wrong-token" not in err.value
+    assert at.chat_input[0].disabled and log.entries() == []
+
+
+def test_a_database_the_server_does_not_serve_and_a_flood_are_clear_messages(served, tmp_path):
+    # listed when the session began, the server has changed its list since; 3 requests a minute: the two schemas
+    # (demo, sales) and one question
+    at, srv, log = served(COUNT, serve_requests_per_minute=3, state={"server_databases": ["demo", "sales"]})
+    at.sidebar.selectbox(key="conn_server_db").set_value("sales").run()
+    err = at.error[0].value
+    assert "does not serve sales" in err and "NL2SQL_SERVE_DATABASES" in err and at.chat_input[0].disabled
+    at.sidebar.selectbox(key="conn_server_db").set_value("demo").run()
+    assert not at.error and not at.chat_input[0].disabled
+    ask(at, "How many customers?")
+    assert at.main.dataframe and not at.error
+    ask(at, "How many customers again?")
+    err = at.error[0].value
+    assert "Too many requests" in err and "Retry in" in err and not at.exception
+    assert not at.chat_input[0].disabled   # the next question may go when the server allows
+    assert [e["question"] for e in log.entries()] == ["How many customers?"]
+
+
+def test_a_server_restarted_mid_answer_is_a_message_and_the_next_question_is_answered(served):
+    import signal
+    at, srv, log = served(COUNT, seconds=30)
+    at.chat_input[0].set_value("How many customers?").run()
+    srv.wait_for("generating 1")
+    srv.stop(signal.SIGKILL)
+    settle(at)
+    [err] = at.error
+    assert "went away" in err.value and "Retry" in err.value and "Traceback" not in err.value
+    assert log.entries() == [] and not at.chat_input[0].disabled
+    srv.scripted = (0, [COUNT])
+    srv.start()
+    ask(at, "How many customers?")
+    assert len(at.main.dataframe) == 1 and len(at.error) == 1   # the first turn keeps its message
+    assert [e["question"] for e in log.entries()] == ["How many customers?"]
+
+
+def test_the_app_process_imports_no_model_code(served, tmp_path):
+    """In a fresh process (pytest's own has torch loaded by other tests): the app asks through the server and
+    neither torch, transformers nor nl2sql's model modules are imported."""
+    import os
+    import subprocess
+    import sys
+    _, srv, log = served(COUNT)
+    script = f"""
+import sys, time
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({APP!r}, default_timeout=60)
+at.run()
+at.chat_input[0].set_value("How many customers?").run()
+deadline = time.monotonic() + 60
+while at.session_state["job"] is not None or at.session_state["queued"]:
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+    at.run()
+assert not at.exception and not at.error, (at.exception, at.error)
+print(len(at.main.dataframe), sorted(m for m in ("torch", "transformers", "llguidance", "nl2sql.model",
+                                                 "nl2sql.generate") if m in sys.modules))
+"""
+    env = {**os.environ, "NL2SQL_SERVER": srv.url, "NL2SQL_API_TOKEN": TOKEN}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[-2] == "1 []"
+    assert [e["question"] for e in log.entries()] == ["How many customers?"]
+
+
+@pytest.mark.model
+def test_the_app_against_nl2sql_serve_with_the_bundled_model(served):
+    """`nl2sql serve` itself (the CLI, the bundled model, batched generation) answering the app."""
+    at, srv, log = served()
+    at.chat_input[0].set_value("How many stores are in each region?").run()
+    settle(at, wait=900)
+    assert not at.error, at.error
+    assert at.code and "stores" in at.code[0].value.lower() and len(at.main.dataframe[0].value) == 5
+    [e] = log.entries()
+    assert e["executed"] == 1 and e["client"].startswith("nl2sql-app ") and e["model"] != "scripted"

@@ -9,6 +9,7 @@ from .. import charts, executor
 from ..conversation import context_examples
 from ..errors import Nl2SqlError
 from . import session, sidebar
+from .via_server import is_remote
 from .session import Turn
 
 
@@ -190,7 +191,8 @@ def _run_edit(turn_id: int) -> None:
     pipe = session.pipeline()
     t.sql, t.edited, t.kept = sql, sql != (t.answer.sql or "").strip(), False
     try:
-        result = executor.run_checked(pipe.warehouse(t.db), sql, pipe.settings)
+        result = (pipe.execute(t.db, sql) if is_remote(pipe)  # the server's guarded executor
+                  else executor.run_checked(pipe.warehouse(t.db), sql, pipe.settings))
     except Nl2SqlError as e:
         t.df, t.truncated, t.run_error = None, False, str(e)
     else:
@@ -199,7 +201,7 @@ def _run_edit(turn_id: int) -> None:
 
 def _keep(turn_id: int) -> None:
     t = session.turn(turn_id)
-    if t.entry_id is not None and _log(lambda log: log.feedback(t.entry_id, corrected_sql=t.sql)) is not False:
+    if t.entry_id is not None and _save_feedback(t.entry_id, corrected_sql=t.sql):
         t.kept = True
 
 
@@ -207,26 +209,35 @@ def _rate(turn_id: int) -> None:
     t = session.turn(turn_id)
     value = st.session_state.get(f"rating-{turn_id}")
     if t.entry_id is not None and value is not None:
-        _log(lambda log: log.feedback(t.entry_id, rating=1 if value == 1 else -1))
+        _save_feedback(t.entry_id, rating=1 if value == 1 else -1)
 
 
 def _comment(turn_id: int) -> None:
     t = session.turn(turn_id)
     text = (st.session_state.get(f"comment-{turn_id}") or "").strip()
     if t.entry_id is not None and text:
-        _log(lambda log: log.feedback(t.entry_id, comment=text))
+        _save_feedback(t.entry_id, comment=text)
 
 
-def _log(write):
-    """Write to the query log; a log that cannot be written is a warning, never a lost answer."""
-    settings = session.pipeline().settings
+def _save_feedback(entry_id: int, **fields) -> bool:
+    """A rating, comment or correction into the query log (the server's, through it, when the app uses one).
+    One that cannot be written is a warning, never a lost answer."""
+    pipe = session.pipeline()
+    if is_remote(pipe):
+        try:
+            pipe.feedback(entry_id, **fields)
+        except Nl2SqlError as e:
+            st.warning(f"Could not save that on the nl2sql server: {e}")
+            return False
+        return True
+    settings = pipe.settings
     try:
-        result = write(session.query_log(settings))
+        session.query_log(settings).feedback(entry_id, **fields)
     except (sqlite3.Error, OSError) as e:
         st.warning(f"Could not write to the query log at {settings.query_log_path}: {e}. "
                    "Check the disk, or point NL2SQL_QUERY_LOG at a writable file.")
         return False
-    return result
+    return True
 
 
 def _short(text: str, n: int) -> str:

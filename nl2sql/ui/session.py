@@ -7,8 +7,9 @@ it. The script only starts jobs, shows their progress and collects their result,
 question typed during an answer is queued, and SIGTERM stops the server without waiting for the model.
 
 Hook: a test (or an app embedding these pages) may put its own `nl2sql.api.Pipeline` in
-`st.session_state[PIPELINE_KEY]` before the first run, e.g. one with a scripted fake generator; otherwise the
-process-wide `default_pipeline()` from NL2SQL_* settings is used.
+`st.session_state[PIPELINE_KEY]` before the first run, e.g. one with a scripted fake generator; otherwise, with
+NL2SQL_SERVER set, a ServerPipeline asks that `nl2sql serve` (nl2sql/ui/via_server.py), else the process-wide
+`default_pipeline()` from NL2SQL_* settings is used.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import streamlit as st
 
 from ..errors import Nl2SqlError
 from ..querylog import QueryLog, db_key
+from .via_server import is_remote
 
 PIPELINE_KEY = "nl2sql_pipeline"
 ASK_LOCK = threading.Lock()  # one model, many browser sessions: generate one answer at a time
@@ -38,10 +40,18 @@ _logs_lock = threading.Lock()
 
 
 def pipeline():
+    """The session's Pipeline: the test hook's, else one through `nl2sql serve` when NL2SQL_SERVER is set
+    (nl2sql/ui/via_server.py: no model in this process), else the process-wide in-process one."""
     p = st.session_state.get(PIPELINE_KEY)
     if p is None:
-        from ..api import default_pipeline
-        p = default_pipeline()
+        from ..config import Settings
+        settings = Settings.from_env()
+        if settings.server:
+            from .via_server import server_pipeline
+            p = server_pipeline(settings)
+        else:
+            from ..api import default_pipeline
+            p = default_pipeline(settings)
     return p
 
 
@@ -131,18 +141,14 @@ class Job:
 
     def _run(self, pipe) -> None:
         t = self.turn
+        remote = is_remote(pipe)
         try:
             try:
-                if ASK_LOCK.locked():
-                    self.stage = "Waiting for another analyst's question to finish"
-                with ASK_LOCK:
-                    if not pipe.model_loaded:
-                        self.stage = "Loading the model (the first question only)"
-                        pipe.generator
-                    self.stage = "Linking the schema and writing SQL"
-                    # no follow-up: None lets the pipeline pick the database's verified pairs as examples
-                    a = pipe.ask(t.question, t.db, examples=t.context or None, session=self.session,
-                                 **self._progress(pipe))
+                if remote:  # the server batches questions from every session: no lock here
+                    self.stage = "Waiting for the nl2sql server to write and run the SQL"
+                    a = pipe.ask(t.question, t.db, examples=t.context or None, session=self.session)
+                else:
+                    a = self._ask_here(pipe)
             except Nl2SqlError as e:
                 t.error = str(e)
             except Exception as e:  # a bug must end the job with a message, never leave it running forever
@@ -152,11 +158,28 @@ class Job:
                            "with the question.")
             else:
                 t.answer, t.sql, t.df, t.truncated, t.run_error = a, a.sql, a.df, a.truncated, a.error
-            self._log(pipe.settings)
+            if remote:  # the server logged it, with this app as the client
+                t.entry_id = getattr(t.answer, "entry_id", None)
+            else:
+                self._log(pipe.settings)
         finally:
             self.done.set()
             with _running_lock:
                 _running.discard(threading.current_thread())
+
+    def _ask_here(self, pipe):
+        """Pipeline.ask in this process, one answer at a time (one model)."""
+        t = self.turn
+        if ASK_LOCK.locked():
+            self.stage = "Waiting for another analyst's question to finish"
+        with ASK_LOCK:
+            if not pipe.model_loaded:
+                self.stage = "Loading the model (the first question only)"
+                pipe.generator
+            self.stage = "Linking the schema and writing SQL"
+            # no follow-up: None lets the pipeline pick the database's verified pairs as examples
+            return pipe.ask(t.question, t.db, examples=t.context or None, session=self.session,
+                            **self._progress(pipe))
 
     def _progress(self, pipe) -> dict:
         """progress= for a Pipeline.ask that reports each stage as it starts (a callable taking the stage name)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from ..errors import Nl2SqlError
+from .via_server import is_remote
 
 DEMO, FILE, URL = "Demo warehouse", "DuckDB or SQLite file", "SQLAlchemy URL"
 
@@ -21,6 +22,8 @@ class Connection:
 
 def connection(pipe) -> Connection:
     st.sidebar.header("Database")
+    if is_remote(pipe):
+        return _server_connection(pipe)
     kind = st.sidebar.radio("Connect to", (DEMO, FILE, URL), key="conn_kind", label_visibility="collapsed")
     if kind == DEMO:
         db = None
@@ -31,22 +34,57 @@ def connection(pipe) -> Connection:
                                    placeholder="postgresql+psycopg://user@host/db").strip()
     if db == "":
         return Connection(pending=True)
+    return _open(pipe, db)
+
+
+def _server_connection(pipe) -> Connection:
+    """The databases `nl2sql serve` answers about (NL2SQL_SERVE_DATABASES), listed once per session."""
+    st.sidebar.caption(f"Answered by the nl2sql server at {pipe.url}")
+    names = st.session_state.get("server_databases")
+    if not names:
+        failed = _failure(_SERVER)
+        if failed:
+            return Connection(error=failed)
+        try:
+            names = st.session_state["server_databases"] = pipe.databases()
+        except Nl2SqlError as e:
+            return Connection(error=_remember(_SERVER, f"Cannot use the nl2sql server. {e}"))
+    db = st.sidebar.selectbox("Database", names, key="conn_server_db", label_visibility="collapsed")
+    return _open(pipe, db)
+
+
+_SERVER = "\0the server"  # where a failure to list the server's databases is remembered
+
+
+def _failure(key) -> str | None:
+    """What went wrong the last time `key` was tried, with a button to try again (a server that did not answer
+    is not retried on every click)."""
     failures = st.session_state.setdefault("conn_failures", {})
-    if db in failures:  # a server that did not answer is not retried on every click
-        if st.sidebar.button("Try again", key="conn_retry"):
-            failures.pop(db)
-            st.rerun()
-        return Connection(db, error=failures[db])
+    if key in failures and st.sidebar.button("Try again", key="conn_retry"):
+        failures.pop(key)
+        st.rerun()
+    return failures.get(key)
+
+
+def _remember(key, message: str) -> str:
+    st.session_state.setdefault("conn_failures", {})[key] = message
+    _failure(key)  # the retry button
+    return message
+
+
+def _open(pipe, db) -> Connection:
+    failed = _failure(db)
+    if failed:
+        return Connection(db, error=failed)
     try:
         with st.spinner("Opening the database…"):
             schema = pipe.schema(db)
     except Nl2SqlError as e:
-        failures[db] = f"Cannot use that database. {e}"
-        return Connection(db, error=failures[db])
+        return Connection(db, error=_remember(db, f"Cannot use that database. {e}"))
     except Exception as e:  # an unexpected driver error: say which, without its text (it may hold credentials)
-        failures[db] = (f"Cannot open that database ({type(e).__name__}). Check the path or URL: a .duckdb/.sqlite "
-                        "file that exists, or a URL such as postgresql+psycopg://user@host/db.")
-        return Connection(db, error=failures[db])
+        return Connection(db, error=_remember(db, f"Cannot open that database ({type(e).__name__}). Check the path or "
+                                                  "URL: a .duckdb/.sqlite file that exists, or a URL such as "
+                                                  "postgresql+psycopg://user@host/db."))
     return Connection(db, schema)
 
 

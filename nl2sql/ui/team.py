@@ -23,6 +23,7 @@ import streamlit as st
 from .. import monitoring
 from ..errors import Nl2SqlError
 from . import session
+from .via_server import is_remote
 
 # Saved `nl2sql eval` results in a source checkout (they are not part of the installed package).
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -38,6 +39,10 @@ def render(learning_curve: Path | str | None = None) -> None:
         settings = pipe.settings
     except Nl2SqlError as e:
         st.error(str(e))
+        return
+    if is_remote(pipe):  # the query log, glossaries and adapters are the server's
+        st.info(f"This app asks the nl2sql server at {pipe.url}: its query log, glossaries and adapters are on the "
+                "server. Open this page in an app that runs where the server does (without NL2SQL_SERVER).")
         return
     quality, glossary, examples, curve, lifecycle_tab = st.tabs(["Quality and usage", "Glossary", "Verified examples",
                                                                  "Learning curve", "Lifecycle"])
