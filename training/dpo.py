@@ -91,7 +91,7 @@ def preference_pairs(rows, schemas: dict, glossaries: dict | None = None, neighb
         q, db, sql = (r.get("question") or "").strip(), r.get("db") or "demo", (r.get("sql") or "").strip()
         schema = schemas.get(db)
         if not q or not sql or schema is None:
-            report.invalid["missing question or SQL" if schema is not None else f"unknown database {db!r}"[:80]] += 1
+            report.invalid["missing question or SQL" if schema is not None else f"unknown database …{db[-60:]}"] += 1
             continue
         context = [tuple(c) for c in r.get("context") or () if isinstance(c, (list, tuple)) and len(c) == 2]
         g = groups.setdefault((db, question_key(q), json.dumps(context)),
