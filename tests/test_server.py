@@ -3,6 +3,7 @@ tokens, limits, database allowlist, the query log's client column, a client that
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from nl2sql.batching import check_cancelled  # noqa: E402
 from nl2sql.generate import ScriptedGenerator  # noqa: E402
 from nl2sql.querylog import QueryLog  # noqa: E402
 from nl2sql.server import check_listen, create_app  # noqa: E402
+from serving import free_port  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
 COUNT = "SELECT COUNT(*) FROM customers"
@@ -165,9 +167,7 @@ def live(srv_settings):
     servers = []
 
     def start(s, generator):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(s, generator=generator), host="127.0.0.1", port=port,
                                                log_level="warning"))
         threading.Thread(target=server.run, daemon=True).start()
@@ -231,11 +231,8 @@ def test_client_errors_say_what_to_do(srv_settings, live):
         Client(url, token="wrong").ask("How many customers?")
     with pytest.raises(InputError):
         Client(url, token=TOKEN).ask("   ")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = sock.getsockname()[1]
     with pytest.raises(ConnectError, match="nl2sql serve"):
-        Client(f"http://127.0.0.1:{dead}", token=TOKEN).health()
+        Client(f"http://127.0.0.1:{free_port()}", token=TOKEN).health()   # nothing listens there
     with pytest.raises(InputError, match="name of one of the server's databases"):
         Client(url, token=TOKEN).ask("How many?", db=object())
 
@@ -331,3 +328,54 @@ def test_a_follow_up_through_the_server_carries_its_context_and_the_schema_comes
     assert isinstance(schema, Schema) and schema.name == "demo" and schema.dialect == "duckdb"
     customers = next(t for t in schema.tables if t.name == "customers")
     assert any(c.primary_key for c in customers.columns) and all(isinstance(c.samples, tuple) for c in customers.columns)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_nl2sql_serve_with_the_bundled_model_stopped_while_decoding(tmp_path, settings, sig):
+    """The CLI's `nl2sql serve`, the bundled model in its batcher: stopped while the question's rows are in the
+    decoding batch (/metrics says so). SIGTERM: within the grace period the answer is finished and logged, or
+    dropped with ServerWentAway; SIGKILL: ServerWentAway. Either way the log holds only complete rows and the
+    restarted server answers the same question."""
+    import signal
+    import urllib.request
+
+    from nl2sql.client import Client, ServerWentAway
+    from serving import ServeProcess
+    log_path = tmp_path / "log.sqlite"
+    srv = ServeProcess(tmp_path, {"NL2SQL_QUERY_LOG": str(log_path), "NL2SQL_DATA_DIR": str(settings.data_dir),
+                                  "NL2SQL_API_TOKEN": TOKEN}).start()
+    question = "How many stores are in each region?"
+    out = {}
+
+    def ask():
+        try:
+            out["answer"] = Client(srv.url, token=TOKEN).ask(question)
+        except Exception as e:  # noqa: BLE001 - the test looks at what it was
+            out["error"] = e
+    asking = threading.Thread(target=ask)
+    try:
+        asking.start()
+        deadline = time.monotonic() + 600   # the first question loads the model
+        while True:
+            with urllib.request.urlopen(srv.url + "/metrics", timeout=10) as r:
+                rows = re.search(r"^nl2sql_batch_rows (\d+)$", r.read().decode(), re.M)
+            if rows and int(rows.group(1)) > 0:
+                break                       # the question's rows are being decoded
+            assert asking.is_alive() and time.monotonic() < deadline, out
+            time.sleep(0.01)
+        assert srv.stop(getattr(signal, sig)) < 8
+        asking.join(30)
+        entries = QueryLog(log_path).entries()
+        if "answer" in out:
+            assert sig == "SIGTERM" and out["answer"].ok
+            assert [(e["question"], e["sql"], e["executed"]) for e in entries] == [(question, out["answer"].sql, 1)]
+        else:
+            assert isinstance(out["error"], ServerWentAway) and "Retry" in str(out["error"]), repr(out["error"])
+            assert entries == []
+        srv.start()
+        again = Client(srv.url, token=TOKEN).ask(question)
+        assert again.ok and len(again.df) == 5
+        assert QueryLog(log_path).entries()[-1]["id"] == again.entry_id
+    finally:
+        srv.stop(signal.SIGKILL)
