@@ -148,8 +148,7 @@ class SqlGenerator:
 
         Works on the SQL vocabulary's logits when there is one (a tenth of the full row), else on all."""
         import torch
-        if r.matcher is not None:
-            fill_token_bitmask(r.matcher, bitmask, i)
+        if r.matcher is not None:   # its row of `bitmask` was filled for this step (DecodeBatch.step)
             if r.matcher.is_error():
                 r.fail(f"The SQL grammar stopped: {r.matcher.get_error()[:200]}")
                 return None
@@ -228,6 +227,13 @@ class SqlGenerator:
     def _matcher(self, spec):
         import llguidance
         return llguidance.LLMatcher(self.backend.llg_tokenizer, spec)
+
+    @functools.cached_property
+    def executor(self):
+        """llguidance's thread pool for computing the masks of a batch's rows together."""
+        import llguidance
+        import torch
+        return llguidance.LLExecutor(max(1, torch.get_num_threads()))   # NL2SQL_THREADS, as torch has it
 
     @functools.lru_cache(maxsize=None)
     def _piece(self, t: int) -> str:
@@ -310,8 +316,61 @@ def _full_cache():
     """A KV cache that keeps every position in every layer, Gemma's sliding-window layers included (the window
     is then applied by the attention mask). Caches of different questions can be merged row-wise only when
     their layers have the same layout, which a sliding layer's rolling buffer does not give."""
+    return _growing_cache_class()()
+
+
+@functools.lru_cache(maxsize=None)
+def _growing_cache_class():
+    """DynamicCache whose layers are views of buffers with room to grow (built on first use: transformers is
+    imported lazily)."""
     from transformers import DynamicCache
-    return DynamicCache()
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """Appending a decoded token writes it in place, where DynamicLayer copies the whole layer
+        (torch.cat per layer per step was a third of a batched step on the CPU). Code that replaces
+        .keys/.values (a merge, a row selection, a trim) only makes the next update copy once."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, q = self.get_seq_length(), key_states.shape[-2]
+            if not self._owns_views() or n + q > self._kbuf.shape[-2]:
+                self._reserve(n, n + q, key_states)
+            self._kbuf[:, :, n:n + q] = key_states
+            self._vbuf[:, :, n:n + q] = value_states
+            self._set_views(n + q)
+            return self.keys, self.values
+
+        def _owns_views(self) -> bool:
+            return getattr(self, "_kview", None) is self.keys and getattr(self, "_vview", None) is self.values
+
+        def _reserve(self, n: int, need: int, like) -> None:
+            import torch
+            cap = need + max(_KV_SLACK, need // 8)
+            shape = (like.shape[0], like.shape[1], cap, like.shape[3])
+            kbuf = torch.empty(shape, dtype=like.dtype, device=like.device)
+            vbuf = torch.empty(shape, dtype=like.dtype, device=like.device)
+            if n:
+                kbuf[:, :, :n] = self.keys
+                vbuf[:, :, :n] = self.values
+            self._kbuf, self._vbuf = kbuf, vbuf
+
+        def _set_views(self, n: int) -> None:
+            self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
+            self._kview, self._vview = self.keys, self.values
+
+        def adopt(self, kbuf, vbuf, n: int) -> None:
+            """Take buffers built elsewhere (DecodeBatch's merge) as this layer's storage, n slots in use."""
+            self._kbuf, self._vbuf, self.is_initialized = kbuf, vbuf, True
+            self.device = kbuf.device
+            self._set_views(n)
+
+    class GrowingCache(DynamicCache):
+        def __init__(self):
+            Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+    return GrowingCache
 
 
 class _Live:
@@ -344,6 +403,7 @@ class DecodeBatch:
         self.attn = None               # [rows, slots] 1 where a slot holds one of the row's kept tokens
         self.h = None                  # [rows, hidden] the hidden state each row decodes its next token from
         self._finished: list = []
+        self._pending: list = []       # (cache, hidden, request) prefilled by add(), merged at the next step
         self._next = 0
 
     def add(self, req: GenRequest):
@@ -369,42 +429,60 @@ class DecodeBatch:
             head = g.lm_head if vocab is None else g.lm_head[vocab]
             out = g.inner(input_ids=torch.tensor([ids[n_prefix:]], device=self.device), past_key_values=cache,
                           use_cache=True)
-            cache, h = out.past_key_values, out.last_hidden_state[:, -1]
-            n = max(1, req.n)
-            if n > 1:
-                cache.batch_repeat_interleave(n)
-                h = h.expand(n, -1)
             spec = g._grammar_spec(req.grammar) if req.grammar is not None else None
-            rows = [_Row(g._matcher(spec) if spec is not None else None, req.binder, i == 0 or req.temperature <= 0)
-                    for i in range(n)]
+            n = max(1, req.n)
+            first = g._matcher(spec) if spec is not None else None   # compiling is the slow part: copy it
+            rows = [_Row(first if i == 0 or first is None else first.deep_copy(), req.binder,
+                         i == 0 or req.temperature <= 0) for i in range(n)]
             live = _Live(handle, req, rows, len(ids), vocab, head, spec is not None,
                          torch.Generator().manual_seed(req.seed), t0)
-            self._merge(cache, h.clone(), torch.ones((n, len(ids)), dtype=torch.long, device=self.device), rows, live)
+        self._pending.append((out.past_key_values, out.last_hidden_state[:, -1].clone(), live))
+        self.rows += rows
+        self.owner += [live] * n
+        self.live.append(live)
         return handle
 
-    def _merge(self, cache, h, attn, rows, live) -> None:
+    def _admit(self) -> None:
+        """Merge the caches of requests added since the last step into the batch's, one copy per layer for all
+        of them (merging one by one copied the growing batch once per request). A request's N rows share its
+        one prefilled cache (broadcast into N rows here); shorter caches are left-padded with masked slots."""
         import torch
-        import torch.nn.functional as F
-        if self.cache is None:
-            self.cache, self.h, self.attn = cache, h, attn
-        else:
-            have, new = self.attn.shape[1], attn.shape[1]
-            if new < have:
-                _left_pad(cache, have - new)
-                attn = F.pad(attn, (have - new, 0))
-            elif new > have:
-                _left_pad(self.cache, new - have)
-                self.attn = F.pad(self.attn, (new - have, 0))
-                for r in self.rows:  # slot numbers moved right by the padding
-                    r.cache_pos = [p + new - have for p in r.cache_pos]
-            for mine, theirs in zip(self.cache.layers, cache.layers):
-                mine.keys = torch.cat([mine.keys, theirs.keys])
-                mine.values = torch.cat([mine.values, theirs.values])
-            self.attn = torch.cat([self.attn, attn])
-            self.h = torch.cat([self.h, h])
-        self.rows += rows
-        self.owner += [live] * len(rows)
-        self.live.append(live)
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        sources = []   # (cache, rows it fills, slots it holds, attention rows)
+        if self.cache is not None:
+            sources.append((self.cache, self.attn.shape[0], self.attn.shape[1], self.attn))
+        for cache, _, live in pending:
+            sources.append((cache, len(live.rows), live.n_ids, None))
+        width = max(slots for _, _, slots, _ in sources)
+        total = sum(rows for _, rows, _, _ in sources)
+        cap = width + max(_KV_SLACK, width // 8)
+        attn = torch.zeros((total, width), dtype=torch.long, device=self.device)
+        r0 = 0
+        for _, rows, slots, a in sources:
+            attn[r0:r0 + rows, width - slots:] = 1 if a is None else a
+            r0 += rows
+        layers = sources[0][0].layers
+        for li, layer in enumerate(layers):
+            like = layer.keys
+            kbuf = torch.empty((total, like.shape[1], cap, like.shape[3]), dtype=like.dtype, device=self.device)
+            vbuf = torch.empty_like(kbuf)
+            r0 = 0
+            for cache, rows, slots, _ in sources:
+                src = cache.layers[li]
+                kbuf[r0:r0 + rows, :, :width - slots] = 0   # masked, but must be finite: a NaN score survives the mask
+                vbuf[r0:r0 + rows, :, :width - slots] = 0
+                kbuf[r0:r0 + rows, :, width - slots:width] = src.keys     # broadcasts a request's 1 row to N
+                vbuf[r0:r0 + rows, :, width - slots:width] = src.values
+                r0 += rows
+            layer.adopt(kbuf, vbuf, width)
+        if self.cache is not None and width > self.attn.shape[1]:
+            shift = width - self.attn.shape[1]    # slot numbers of the rows already decoding moved right
+            for r in self.rows[: self.attn.shape[0]]:
+                r.cache_pos = [p + shift for p in r.cache_pos]
+        hs = ([self.h] if self.h is not None else []) + [h.expand(len(live.rows), -1) for _, h, live in pending]
+        self.cache, self.attn, self.h = sources[0][0], attn, torch.cat(hs)
 
     def step(self) -> None:
         """One token for every row that is still decoding (or one backtrack), then drop finished requests."""
@@ -412,6 +490,7 @@ class DecodeBatch:
         g, tok = self.gen, self.gen.loaded.tokenizer
         n = len(self.rows)
         with torch.inference_mode():
+            self._admit()
             for live in self.live:
                 live.steps += 1
                 if live.req.cancelled is not None and live.req.cancelled():
@@ -425,6 +504,9 @@ class DecodeBatch:
             bitmask = None
             if any(live.constrained for live in self.live):
                 bitmask = allocate_token_bitmask(n, g.backend.llg_tokenizer.vocab_size)
+                fill_token_bitmasks(g.executor, [(r.matcher, i) for i, (r, o) in enumerate(zip(self.rows, self.owner))
+                                                 if r.matcher is not None and not r.done
+                                                 and len(r.ids) >= len(o.req.forced)], bitmask)
             feed = torch.zeros((n, 1), dtype=torch.long, device=self.device)
             fed = torch.zeros((n, 1), dtype=torch.long, device=self.device)
             i = 0
@@ -517,15 +599,8 @@ class DecodeBatch:
         return out
 
 
-def _left_pad(cache, k: int) -> None:
-    """k masked slots in front of every layer's keys and values."""
-    import torch.nn.functional as F
-    for layer in cache.layers:
-        layer.keys = F.pad(layer.keys, (0, 0, k, 0))
-        layer.values = F.pad(layer.values, (0, 0, k, 0))
-
-
 _MAX_BACKTRACKS = 6        # per row; past that the row decodes under the grammar alone
+_KV_SLACK = 128            # free cache slots a layer keeps for the tokens still to come
 _CANDIDATES_PER_STEP = 12  # tokens the binder may turn down at one step before it gives up on the row
 
 
@@ -537,10 +612,11 @@ def allocate_token_bitmask(batch: int, vocab: int):
     return torch.full((batch, (vocab + 31) // 32), -1, dtype=torch.int32)
 
 
-def fill_token_bitmask(matcher, bitmask, index: int) -> None:
-    """Row `index` of `bitmask` := the tokens `matcher` allows next (llguidance writes it in place)."""
-    row = bitmask[index]
-    matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+def fill_token_bitmasks(executor, matchers: list, bitmask) -> None:
+    """Row i of `bitmask` := the tokens matcher allows next, for each (matcher, i); llguidance computes them on
+    its own threads (outside the GIL) and writes them in place."""
+    if matchers:
+        executor.unsafe_compute_mask_ptr(matchers, bitmask.data_ptr(), bitmask.shape[1] * 4, bitmask.shape[0])
 
 
 def _apply_mask(scores, bitmask_row) -> None:

@@ -142,6 +142,46 @@ def test_the_batching_generator_serves_threads_together(tiny):
         bg.candidates(r.prompt, r.grammar, r.max_new_tokens, prefix=r.prefix, n=1)
 
 
+def test_the_decode_cache_grows_in_place_and_holds_what_concatenation_would(tiny):
+    """The batch's KV cache appends a token by writing into spare room (DynamicLayer copies the whole layer each
+    step); past its room, or after a merge replaced its tensors, it copies once and goes on. Contents: exactly
+    what concatenation gives, through growth and replacement."""
+    import torch
+    from nl2sql.generate import _KV_SLACK, _full_cache
+    torch.manual_seed(1)
+    cache, keys = _full_cache(), []
+    for step in range(2 * _KV_SLACK + 40):
+        k = torch.randn(2, 1, 7 if step == 0 else 1, 4)
+        keys.append(k)
+        got, _ = cache.update(k, k + 1, 0)
+        if step == 1:
+            where = got.data_ptr()
+        if step == 2:
+            assert got.data_ptr() == where      # no copy while there is room
+        if step == 5:                           # what a row selection or a merge does: new tensors
+            layer = cache.layers[0]
+            layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
+        expected = torch.cat(keys, dim=-2)
+        assert torch.equal(got, expected) and torch.equal(cache.layers[0].values, expected + 1)
+    assert cache.get_seq_length() == 7 + 2 * _KV_SLACK + 39
+
+
+def test_many_requests_admitted_at_once_match_one_by_one(tiny):
+    """Requests added in one go are merged into the batch in one copy (left-padded to the longest); added step
+    by step they are merged as they come: both give each request what it gets alone."""
+    alone = [tiny.candidates_many([request(i, n=2)])[0] for i in range(4)]
+    batch = DecodeBatch(tiny)
+    handles = {batch.add(request(i, n=2)): i for i in (3, 0)}
+    batch.step()
+    handles.update({batch.add(request(i, n=2)): i for i in (2, 1)})   # two join together, mid-decode
+    got = {}
+    while batch.rows:
+        batch.step()
+        got.update({handles[h]: out for h, out in batch.pop_finished()})
+    for i in range(4):
+        assert same(alone[i], got[i]), i
+
+
 @pytest.mark.model
 def test_real_model_batched_answers_match_alone(settings):
     """The bundled model on demo questions: every greedy candidate (the answer with NL2SQL_CANDIDATES=1) is the one
