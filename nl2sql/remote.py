@@ -39,6 +39,7 @@ OWNED_BY = "nl2sql"        # what `nl2sql serve` says in /v1/models, so a client
 GRAMMAR_FIELDS = ("auto", "structured_outputs", "guided_grammar", "off")
 STOP = ["\n--", "\n\n"]   # the prompt's next line starts with "--"; a model that goes on past its SQL stops there
 TOP_LOGPROBS = 2           # the chosen token and its runner-up: the margin confidence reads
+MAX_RESPONSE_BYTES = 16_000_000  # a server that sends more is not answering an SQL question
 
 
 def remote_base(spec: str) -> str | None:
@@ -202,7 +203,7 @@ class RemoteGenerator:
             req.add_header("Authorization", f"Bearer {self.api_key}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
+                raw = resp.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as e:
             raise _http_error(e, where, len(data or b"")) from None
         except (TimeoutError, socket.timeout):
@@ -213,6 +214,9 @@ class RemoteGenerator:
                                f"({getattr(e, 'reason', e)}).",
                                hint="Start it (vLLM, or `nl2sql serve` on that machine) or fix "
                                     "NL2SQL_ESCALATE_MODEL.") from None
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise ModelError(f"The escalation server at {where} sent more than {MAX_RESPONSE_BYTES:,} bytes for {path}.",
+                             hint="Check what is serving at NL2SQL_ESCALATE_MODEL.")
         try:
             return json.loads(raw or b"{}")
         except ValueError:
