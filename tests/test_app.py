@@ -397,11 +397,18 @@ def test_questions_typed_while_the_server_answers_are_queued(served):
 
 def test_a_server_that_is_down_or_refuses_the_token_is_a_clear_message(served, tmp_path):
     from serving import ServeProcess
-    dead = ServeProcess(tmp_path, {})   # never started: nothing listens on its port
-    at, _, _ = served(server=dead)
+    later = ServeProcess(tmp_path, {"NL2SQL_API_TOKEN": TOKEN, "NL2SQL_QUERY_LOG": str(tmp_path / "later.sqlite")},
+                         scripted=(0, [COUNT]))   # not started yet: nothing listens on its port
+    at, _, _ = served(server=later)
     [err] = at.error
     assert "did not answer" in err.value and "nl2sql serve" in err.value and "Traceback" not in err.value
-    assert at.chat_input[0].disabled and at.sidebar.button(key="conn_retry")
+    assert at.chat_input[0].disabled
+    later.start()
+    try:
+        at.sidebar.button(key="conn_retry").click().run()   # the server is up now
+        assert not at.error and not at.chat_input[0].disabled
+    finally:
+        later.stop()
     at, _, log = served(COUNT, app_token="wrong-token")
     [err] = at.error
     assert "token" in err.value and "NL2SQL_API_TOKEN" in err.value and "wrong-token" not in err.value

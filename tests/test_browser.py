@@ -4,6 +4,7 @@
 Asks a question and, while its answer is being written, a second one: both answers stay on the page as a thread,
 with their tables and charts, and both are in the query log in order. Clicks thumbs-up and finds the rating in
 the log. Then SIGTERM mid-answer: the server is gone within a few seconds.
+And the app with NL2SQL_SERVER, answered by `nl2sql serve` in another process.
 Screenshots go to $NL2SQL_TEST_ARTIFACTS (default: the test's tmp dir); their paths are printed.
 """
 import os
@@ -36,9 +37,13 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     """(url, query log path, server log path, process) of `streamlit run app.py` on a free localhost port."""
+    yield from _streamlit(tmp_path, {})
+
+
+def _streamlit(tmp_path, extra_env: dict):
     port = _free_port()
     env = {**os.environ, "NL2SQL_QUERY_LOG": str(tmp_path / "querylog.sqlite"),
-           "NL2SQL_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+           "NL2SQL_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", **extra_env}
     out = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
                              "--server.address", "127.0.0.1", "--server.port", str(port),
@@ -216,3 +221,44 @@ def test_sigterm_stops_the_server_mid_answer(server, browser):
     assert not stage.startswith(("Loading", "Waiting"))  # the model loaded and at work on this question
     assert took <= 5, f"streamlit took {took:.1f} s to stop after SIGTERM"
     assert proc.returncode == 0, server_log.read_text()[-3000:]  # not aborted from native code
+
+
+def test_the_app_on_nl2sql_serve_in_chromium(tmp_path, browser):
+    """NL2SQL_SERVER: the app's page asks `nl2sql serve` (the bundled model there, none in the app), a second
+    question typed during the first is queued, and both answers and a rating land in the server's query log with
+    the app as the client."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from serving import ServeProcess
+    server_log = tmp_path / "served-querylog.sqlite"
+    srv = ServeProcess(tmp_path, {"NL2SQL_QUERY_LOG": str(server_log), "NL2SQL_DATA_DIR": str(tmp_path / "data"),
+                                  "NL2SQL_API_TOKEN": "browser-token"}).start()
+    app = _streamlit(tmp_path, {"NL2SQL_SERVER": srv.url, "NL2SQL_API_TOKEN": "browser-token"})
+    try:
+        url, app_log, streamlit_log, _ = next(app)
+        _open(browser, url)
+        _ask(browser, QUESTION)
+        WebDriverWait(browser, 60).until(lambda d: _in_main(browser, STATUS))
+        _ask(browser, QUESTION2)
+        WebDriverWait(browser, ANSWER_WAIT, poll_frequency=1).until(
+            lambda d: len(_in_main(browser, '[data-testid="stDataFrame"]')) >= 2 and not _in_main(browser, STATUS))
+        alerts = [a.text for a in _in_main(browser, '[data-testid="stAlertContainer"], [data-testid="stException"]')]
+        assert not [a for a in alerts if a.strip()], f"{alerts}\n{streamlit_log.read_text()[-3000:]}"
+        text = browser.find_element(By.CSS_SELECTOR, MAIN).text
+        assert text.index(QUESTION) < text.index(QUESTION2)
+        _in_main(browser, '[data-testid="stFeedbackButton"]')[0].click()
+
+        def rated(_):
+            con = sqlite3.connect(server_log, timeout=10)
+            try:
+                rows = con.execute("SELECT question, executed, client, rating FROM entries ORDER BY id").fetchall()
+            finally:
+                con.close()
+            return rows if len(rows) == 2 and rows[0][-1] is not None else False
+        [first, second] = WebDriverWait(browser, 30).until(rated)
+        assert (first[0], first[1], first[3]) == (QUESTION, 1, 1) and first[2].startswith("nl2sql-app ")
+        assert second[0] == QUESTION2 and second[1] == 1
+        assert not app_log.exists()  # the app wrote no query log of its own
+    finally:
+        app.close()
+        srv.stop(signal.SIGKILL)
