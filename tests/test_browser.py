@@ -9,7 +9,6 @@ Screenshots go to $NL2SQL_TEST_ARTIFACTS (default: the test's tmp dir); their pa
 """
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from serving import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
 
@@ -28,12 +28,6 @@ QUESTION2 = "How many customers are there in each segment?"
 ANSWER_WAIT = 900  # the first question loads the model (and converts the GGUF once, about a minute)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """(url, query log path, server log path, process) of `streamlit run app.py` on a free localhost port."""
@@ -41,7 +35,7 @@ def server(tmp_path):
 
 
 def _streamlit(tmp_path, extra_env: dict):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "NL2SQL_QUERY_LOG": str(tmp_path / "querylog.sqlite"),
            "NL2SQL_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", **extra_env}
     out = open(tmp_path / "streamlit.log", "w")
