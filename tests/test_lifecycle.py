@@ -270,3 +270,23 @@ def test_team_page_lifecycle_tab_compares_and_promotes(lab, sqlite_db):
     at.button(key="lifecycle_rollback").click().run()
     assert registry.promoted_adapter(lab.data_dir) is None and not at.exception
     assert any("Rolled back" in m.value for m in at.success)
+
+
+@pytest.mark.model
+def test_shadow_replays_questions_together_with_the_answers_each_gets_alone(lab):
+    """With the bundled model the replay batches questions across threads (nl2sql/batching.py); every candidate
+    answer is the one a one-at-a-time replay gives. One (greedy) candidate per question: sampled candidates may
+    differ at bf16 near-ties between batch shapes, and threads make the shapes vary (tests/test_batching.py)."""
+    from nl2sql.evaluate import demo_cases
+    lab = lab.replace(candidates=1)
+    log = QueryLog(lab.query_log_path)
+    for case in demo_cases(5):
+        log.record(question=case.question, db="demo", sql=case.gold, executed=True, model="m", adapter="promoted")
+    pipe = Pipeline(lab)
+    together = lifecycle.shadow(pipe, "v2", since="7d", workers=5)
+    alone = lifecycle.shadow(pipe, "v2", since="7d", workers=1)
+    assert [r.question for r in together.rows] == [r.question for r in alone.rows]
+    assert len(together.rows) == 5
+    assert [(r.candidate_sql, r.candidate_error) for r in together.rows] == \
+        [(r.candidate_sql, r.candidate_error) for r in alone.rows]
+    assert all(r.candidate_sql for r in together.rows)
