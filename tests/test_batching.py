@@ -182,6 +182,27 @@ def test_many_requests_admitted_at_once_match_one_by_one(tiny):
         assert same(alone[i], got[i]), i
 
 
+def test_sliding_layers_reading_only_their_window_change_nothing(tiny, monkeypatch):
+    """Decoding sliding-window layers read only the slots inside the window (nl2sql's SDPA wrapper); plain SDPA
+    over the whole masked cache gives the same candidates. The tiny model's window is 8 slots and the skip
+    threshold is lowered below the prompts' length, so every sliding layer of every step takes the short path."""
+    from nl2sql import generate
+    monkeypatch.setattr(generate, "_MIN_SKIP", 4)
+    _MIN_SKIP = 4
+    model = tiny.loaded.model
+    assert model.config._attn_implementation == "nl2sql_sdpa"
+    reqs = [request(i) for i in range(4)]
+    assert all(len(tiny.loaded.tokenizer(r.prompt)["input_ids"]) > _MIN_SKIP + 8 for r in reqs)
+    windowed = tiny.candidates_many(reqs)
+    model.set_attn_implementation("sdpa")
+    try:
+        plain = tiny.candidates_many(reqs)
+    finally:
+        model.set_attn_implementation("nl2sql_sdpa")
+    for a, b in zip(windowed, plain):
+        assert same(a, b)
+
+
 @pytest.mark.model
 def test_real_model_batched_answers_match_alone(settings):
     """The bundled model on demo questions: every greedy candidate (the answer with NL2SQL_CANDIDATES=1) is the one
