@@ -10,12 +10,13 @@ What is sent: POST {base}/v1/completions with the prompt the local model gets (s
 question), n, temperature, max_tokens, stop, seed, logprobs, and the schema's SQL grammar (Lark, nl2sql/grammar.py)
 as `structured_outputs: {"grammar": ...}` (vLLM 0.12 and later) and `guided_grammar` (older vLLM, which ignores
 the other field; newer ones ignore this one). An `nl2sql serve` target also gets `nl2sql: {"prefix_chars": N}`,
-the length of the schema part of the prompt, whose KV cache it keeps across questions.
+the length of the schema part of the prompt, whose KV cache it keeps across questions, and `scope`, the tables
+and their columns, from which it builds the same binder (nl2sql/binding.py) the local model decodes with.
 What comes back is never trusted: each candidate goes through the same validation, literal snapping and guarded
 executor as a local one, so a server that ignores the grammar (or is not what it claims) gets its SQL refused,
 never run. Confidence: an `nl2sql serve` returns the exact parts the local model gives (summed log-probability,
 per-token margins); from other servers they come from the top-2 logprobs. A remote candidate has no token ids of
-a local tokenizer, so it gets no repair branches (nl2sql/repair.py needs them).
+a local tokenizer, so it gets no repair branches (nl2sql/repair.py needs them); other servers get no binder either.
 """
 from __future__ import annotations
 
@@ -123,8 +124,9 @@ class RemoteGenerator:
     def candidates(self, prompt: str, grammar: str | None, max_new_tokens: int, *, prefix: str | None = None,
                    n: int = 1, binder=None, seed: int = 0, temperature: float = 0.7,
                    forced: tuple = ()) -> list[Generation]:
-        """n candidates from the server for `prompt`, under `grammar` where the server applies it. The binder
-        stays here (it needs the schema); validation catches what it would have turned down."""
+        """n candidates from the server for `prompt`, under `grammar` where the server applies it. An nl2sql
+        serve also gets the binder's tables and columns; validation catches what another server's candidates would
+        have been turned down for."""
         if forced:
             raise ModelError("A remote backend cannot continue from forced tokens.",
                              hint="Report this: repair should not branch on a remote candidate.")
@@ -133,8 +135,11 @@ class RemoteGenerator:
                 "max_tokens": max_new_tokens, "stop": STOP, "seed": seed, "logprobs": TOP_LOGPROBS}
         if grammar is not None:
             body.update(self._grammar_fields(grammar))
-        if self._nl2sql and prefix and prompt.startswith(prefix):
-            body["nl2sql"] = {"prefix_chars": len(prefix)}
+        if self._nl2sql:
+            ext = {"prefix_chars": len(prefix)} if prefix and prompt.startswith(prefix) else {}
+            if binder is not None:
+                ext["scope"] = {t.name: [c.name for c in t.columns] for t in binder.tables.values()}
+            body["nl2sql"] = ext
         t0 = time.perf_counter()
         out = self._call("POST", "/v1/completions", body)
         wall = time.perf_counter() - t0
@@ -306,6 +311,7 @@ class CompletionRequest:
     seed: int
     grammar: str | None
     prefix_chars: int
+    scope: dict | None = None   # {table: [columns]}: decode with the binder of these
 
     @classmethod
     def from_body(cls, body: dict, settings: Settings) -> "CompletionRequest":
@@ -339,9 +345,19 @@ class CompletionRequest:
         stop = [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
             raise InputError("stop must be a string or a list of at most 4 strings.", hint="Example: stop=['\\n--'].")
-        prefix = (body.get("nl2sql") or {}).get("prefix_chars", 0) if isinstance(body.get("nl2sql"), dict) else 0
+        ext = body.get("nl2sql") if isinstance(body.get("nl2sql"), dict) else {}
+        prefix = ext.get("prefix_chars", 0)
         return cls(prompts, n, float(temperature), max_tokens, stop, _int(body.get("seed") or 0, "seed"),
-                   _grammar(body), prefix if isinstance(prefix, int) and prefix > 0 else 0)
+                   _grammar(body), prefix if isinstance(prefix, int) and prefix > 0 else 0, _scope(ext.get("scope")))
+
+    def binder(self):
+        """The binder of the client's tables and columns (nl2sql/binding.py), or None when it sent none."""
+        if not self.scope:
+            return None
+        from .binding import binder_for
+        from .schema import Column, Schema, Table
+        return binder_for(Schema("remote", "sqlite", tuple(Table(t, tuple(Column(c) for c in cols))
+                                                           for t, cols in self.scope.items())))
 
     def prefix(self, prompt: str) -> str | None:
         """The schema part of `prompt`, whose KV cache the server keeps (the client's prefix_chars)."""
@@ -352,6 +368,24 @@ def _int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{name} must be an integer.", hint=f"Send {name} as a JSON integer.")
     return value
+
+
+MAX_SCOPE_COLUMNS = 20_000
+
+
+def _scope(scope) -> dict | None:
+    """The `nl2sql.scope` of a request, checked: {table name: [column names]}."""
+    if scope is None:
+        return None
+    ok = isinstance(scope, dict) and all(isinstance(t, str) and isinstance(cols, list) and
+                                         all(isinstance(c, str) for c in cols) for t, cols in scope.items())
+    if not ok:
+        raise InputError("nl2sql.scope must map table names to lists of column names.",
+                         hint="nl2sql's remote backend sends it; leave it out otherwise.")
+    if sum(len(cols) for cols in scope.values()) > MAX_SCOPE_COLUMNS:
+        raise InputError(f"nl2sql.scope lists more than {MAX_SCOPE_COLUMNS:,} columns.",
+                         hint="Send the tables of the question's prompt only.")
+    return scope
 
 
 def _grammar(body: dict) -> str | None:

@@ -491,8 +491,9 @@ def create_app(settings: Settings | None = None, *, generator=None):
 
         def work():
             gen = pipe.generator
+            binder = req.binder()
             results = [gen.candidates(p, req.grammar, req.max_tokens, prefix=req.prefix(p), n=req.n, seed=req.seed,
-                                      temperature=req.temperature) for p in req.prompts]
+                                      temperature=req.temperature, binder=binder) for p in req.prompts]
             return results, gen.adapter_name
         out = await run(request, work)
         if out is None:

@@ -63,7 +63,8 @@ class ByQuestion:
         question = prompt.rstrip().split("-- Question: ")[-1].split("\n")[0]
         with open(calls, "a") as fh:
             fh.write(json.dumps({"prompt": prompt, "grammar": grammar, "prefix": prefix, "n": n, "seed": seed,
-                                 "temperature": temperature, "max_new_tokens": max_new_tokens}) + "\n")
+                                 "temperature": temperature, "max_new_tokens": max_new_tokens,
+                                 "scope": binder and {t: sorted(c) for t, c in binder.columns.items()}}) + "\n")
         sqls = ANSWERS.get(question, ANSWERS["completions"])
         return [Generation(sqls[i % len(sqls)], 5, 0.01, grammar is not None, [], [9.0, 0.5], [-1, -1],
                            logprob=-0.25) for i in range(n)]
@@ -141,6 +142,9 @@ def test_an_unsure_question_is_answered_by_the_remote_server(settings, sqlite_db
     assert call["prompt"] == pipe.generator.prompts[0] and call["grammar"] == pipe.generator.grammars[0]
     assert call["prefix"] and call["prompt"].startswith(call["prefix"]) and "-- Question" not in call["prefix"]
     assert call["n"] == 3 and call["temperature"] == settings.temperature and call["max_new_tokens"] == 160
+    # and it decodes with the same binder: the tables and columns of the prompt's schema
+    assert call["scope"]["singer"] == ["age", "country", "is_male", "name", "singer_id", "song_name",
+                                       "song_release_year"] and "concert" in call["scope"]
     log = QueryLog(tmp_path / "log.sqlite")
     entry = log.record(question=a.question, db="x", sql=a.sql, executed=True, model=a.model,
                        confidence=a.confidence, escalated=a.escalated, answered_by=a.answered_by)
@@ -227,7 +231,8 @@ class _Recorder:
                    temperature=0.7, forced=()):
         from nl2sql.generate import Generation
         self.asked.append({"prompt": prompt, "grammar": grammar, "prefix": prefix, "n": n, "seed": seed,
-                           "temperature": temperature, "max_new_tokens": max_new_tokens})
+                           "temperature": temperature, "max_new_tokens": max_new_tokens,
+                           "scope": binder and {t: sorted(c) for t, c in binder.columns.items()}})
         return [Generation(self.text, 4, 0.0, grammar is not None, [], [3.0, float("inf")], [-1, -1], logprob=-0.5)
                 for _ in range(n)]
 
@@ -251,7 +256,7 @@ def test_serve_speaks_openai_completions_with_a_grammar(openai_app, sqlite_db, s
     prompt = "-- Database x. Tables:\nsinger(name text)\n-- Question: Who?\n-- SQL:\n"
     r = c.post("/v1/completions", headers=_auth(), json={
         "model": s.model, "prompt": prompt, "n": 3, "temperature": 0.5, "max_tokens": 50, "stop": ["\n--"],
-        "seed": 11, "top_p": 1, "structured_outputs": {"grammar": grammar}, "nl2sql": {"prefix_chars": 35}})
+        "seed": 11, "top_p": 1, "structured_outputs": {"grammar": grammar}, "nl2sql": {"prefix_chars": 35, "scope": {"singer": ["Name"]}}})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion" and body["model"] == s.model and len(body["choices"]) == 3
@@ -260,9 +265,10 @@ def test_serve_speaks_openai_completions_with_a_grammar(openai_app, sqlite_db, s
     assert parses(grammar, first["text"])
     assert first["nl2sql"]["margins"] == [3.0, None] and first["nl2sql"]["logprob"] == -0.5
     assert gen.asked == [{"prompt": prompt, "grammar": grammar, "prefix": prompt[:35], "n": 3, "seed": 11,
-                          "temperature": 0.5, "max_new_tokens": 50}]
+                          "temperature": 0.5, "max_new_tokens": 50, "scope": {"singer": ["name"]}}]
     r = c.post("/v1/completions", headers=_auth(), json={"prompt": prompt, "guided_grammar": grammar})
     assert r.status_code == 200 and gen.asked[-1]["grammar"] == grammar and gen.asked[-1]["n"] == 1
+    assert gen.asked[-1]["scope"] is None and gen.asked[-1]["prefix"] is None
     assert gen.asked[-1]["max_new_tokens"] == s.max_new_tokens
     assert QueryLog(s.query_log_path).entries() == []   # completions are not questions: nothing logged
 
@@ -275,6 +281,7 @@ def test_serve_speaks_openai_completions_with_a_grammar(openai_app, sqlite_db, s
     ({"max_tokens": 100000}, 422, "NL2SQL_MAX_NEW_TOKENS"),
     ({"temperature": -1}, 422, "temperature"),
     ({"prompt": ""}, 422, "prompt"),
+    ({"nl2sql": {"scope": {"singer": "name"}}}, 422, "table names to lists of column names"),
     ({"model": "gpt-4"}, 400, "GET /v1/models"),
 ])
 def test_serve_refuses_bad_completion_requests_clearly(openai_app, change, status, words):
