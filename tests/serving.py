@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -27,19 +28,26 @@ def free_port() -> int:
 
 class SlowScripted(ScriptedGenerator):
     """Writes each queued answer (cycling through them) over `seconds`, checking the cancel scope every 10 ms as
-    the batcher does between decoding steps; `started` is set when a question reaches the model."""
+    the batcher does between decoding steps. When a question reaches the model `started` is set and 'generating N'
+    printed (a test of a subprocess waits for that line); `cancelled` is set when its work was stopped."""
 
     def __init__(self, outputs, seconds: float):
         super().__init__(outputs)
         self.seconds, self.calls = seconds, 0
+        self.started, self.cancelled = threading.Event(), threading.Event()
 
     def candidates(self, *args, **kw):
         self.calls += 1
-        print(f"generating {self.calls}", file=sys.stderr, flush=True)  # the test waits for this line
+        self.started.set()
+        print(f"generating {self.calls}", file=sys.stderr, flush=True)
         deadline = time.monotonic() + self.seconds
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-            check_cancelled()
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+                check_cancelled()
+        except BaseException:
+            self.cancelled.set()
+            raise
         self.outputs.append(self.outputs[0])  # the same question again after a restart gets the same answer
         return super().candidates(*args, **kw)
 
@@ -86,6 +94,21 @@ class ServeProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"no {text!r} from nl2sql serve:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.02)
+
+    def ask_in_background(self, question: str, **client_kw) -> tuple[threading.Thread, dict]:
+        """Client(url, **client_kw).ask(question) on a started thread; its dict gets 'answer', or 'error' (what
+        was raised, for the test to look at)."""
+        from nl2sql.client import Client
+        out: dict = {}
+
+        def ask():
+            try:
+                out["answer"] = Client(self.url, **client_kw).ask(question)
+            except Exception as e:  # noqa: BLE001
+                out["error"] = e
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        return thread, out
 
     def stop(self, sig=signal.SIGTERM, wait: float = 30) -> float:
         """Send `sig`; the seconds until the process was gone."""
