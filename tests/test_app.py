@@ -415,6 +415,34 @@ def test_a_server_that_is_down_or_refuses_the_token_is_a_clear_message(served, t
     assert at.chat_input[0].disabled and log.entries() == []
 
 
+def test_a_url_that_is_not_nl2sql_serve_is_a_clear_message(served):
+    """NL2SQL_SERVER pointing at another JSON service (200 with other fields): a message naming the setting, not a
+    KeyError traceback on the page."""
+    import http.server
+    from types import SimpleNamespace
+
+    class OtherService(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"status": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtherService)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        at, _, _ = served(server=SimpleNamespace(url=f"http://127.0.0.1:{other.server_port}"))
+    finally:
+        other.shutdown()
+    [err] = at.error
+    assert "cannot read" in err.value and "NL2SQL_SERVER" in err.value and "KeyError" in err.value
+    assert at.chat_input[0].disabled and at.sidebar.button(key="conn_retry")
+
+
 def test_a_database_the_server_does_not_serve_and_a_flood_are_clear_messages(served, tmp_path):
     # listed when the session began, the server has changed its list since; 3 requests a minute: the two schemas
     # (demo, sales) and one question

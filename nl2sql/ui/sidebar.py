@@ -49,6 +49,8 @@ def _server_connection(pipe) -> Connection:
             names = st.session_state["server_databases"] = pipe.databases()
         except Nl2SqlError as e:
             return Connection(error=_remember(_SERVER, f"Cannot use the nl2sql server. {e}"))
+        except Exception as e:  # an answer that is not nl2sql serve's (another service at that URL)
+            return Connection(error=_remember(_SERVER, _unexpected(pipe, e)))
     db = st.sidebar.selectbox("Database", names, key="conn_server_db", label_visibility="collapsed")
     return _open(pipe, db)
 
@@ -82,10 +84,16 @@ def _open(pipe, db) -> Connection:
     except Nl2SqlError as e:
         return Connection(db, error=_remember(db, f"Cannot use that database. {e}"))
     except Exception as e:  # an unexpected driver error: say which, without its text (it may hold credentials)
-        return Connection(db, error=_remember(db, f"Cannot open that database ({type(e).__name__}). Check the path or "
-                                                  "URL: a .duckdb/.sqlite file that exists, or a URL such as "
-                                                  "postgresql+psycopg://user@host/db."))
+        return Connection(db, error=_remember(db, _unexpected(pipe, e)))
     return Connection(db, schema)
+
+
+def _unexpected(pipe, e: Exception) -> str:
+    if is_remote(pipe):
+        return (f"The nl2sql server at {pipe.url} sent an answer this app cannot read ({type(e).__name__}). Check "
+                "that NL2SQL_SERVER is an `nl2sql serve` of the same nl2sql version as this app.")
+    return (f"Cannot open that database ({type(e).__name__}). Check the path or URL: a .duckdb/.sqlite file that "
+            "exists, or a URL such as postgresql+psycopg://user@host/db.")
 
 
 PAGE = 25  # tables shown at once: a warehouse of 1,000 tables must not render 1,000 expanders
