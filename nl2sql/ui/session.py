@@ -146,7 +146,7 @@ class Job:
             try:
                 if remote:  # the server batches questions from every session: no lock here
                     self.stage = "Waiting for the nl2sql server to write and run the SQL"
-                    a = pipe.ask(t.question, t.db, examples=t.context or None, session=self.session)
+                    a = self._ask(pipe)
                 else:
                     a = self._ask_here(pipe)
             except Nl2SqlError as e:
@@ -169,7 +169,6 @@ class Job:
 
     def _ask_here(self, pipe):
         """Pipeline.ask in this process, one answer at a time (one model)."""
-        t = self.turn
         if ASK_LOCK.locked():
             self.stage = "Waiting for another analyst's question to finish"
         with ASK_LOCK:
@@ -177,9 +176,12 @@ class Job:
                 self.stage = "Loading the model (the first question only)"
                 pipe.generator
             self.stage = "Linking the schema and writing SQL"
-            # no follow-up: None lets the pipeline pick the database's verified pairs as examples
-            return pipe.ask(t.question, t.db, examples=t.context or None, session=self.session,
-                            **self._progress(pipe))
+            return self._ask(pipe)
+
+    def _ask(self, pipe):
+        t = self.turn
+        # no follow-up: None lets the pipeline (or the server) pick the database's verified pairs as examples
+        return pipe.ask(t.question, t.db, examples=t.context or None, session=self.session, **self._progress(pipe))
 
     def _progress(self, pipe) -> dict:
         """progress= for a Pipeline.ask that reports each stage as it starts (a callable taking the stage name)."""
