@@ -126,7 +126,8 @@ def _unanswered(e: BaseException, url: str, timeout: float) -> ConnectError:
     reason = getattr(e, "reason", e)
     if isinstance(reason, (TimeoutError, socket.timeout)):
         return ConnectError(f"The nl2sql server at {url} did not answer within {timeout:g} s.",
-                            hint="It may be overloaded: retry, or raise the client's timeout.")
+                            hint="It may be busy (many questions at once, or loading its model): retry in a "
+                                 "moment, or wait longer with nl2sql.client.Client(url, timeout=SECONDS).")
     if isinstance(reason, (http.client.HTTPException, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
         return ServerWentAway(f"The nl2sql server at {url} went away while working on this request (it stopped or "
                               "restarted).", hint="Retry in a moment; if it keeps happening, check the server's log.")

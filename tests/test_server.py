@@ -204,7 +204,7 @@ def test_ask_through_the_server_returns_the_same_answer(srv_settings, live, monk
 
 
 def test_client_errors_say_what_to_do(srv_settings, live):
-    from nl2sql.client import Client
+    from nl2sql.client import Client, ServerWentAway
     from nl2sql.errors import ConfigError, ConnectError, InputError
     url = live(srv_settings, ScriptedGenerator([]))
     with pytest.raises(ConfigError, match="token"):
@@ -213,6 +213,12 @@ def test_client_errors_say_what_to_do(srv_settings, live):
         Client(url, token=TOKEN).ask("   ")
     with pytest.raises(ConnectError, match="nl2sql serve"):
         Client(f"http://127.0.0.1:{free_port()}", token=TOKEN).health()   # nothing listens there
+    with socket.socket() as silent:   # takes the connection (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        with pytest.raises(ConnectError, match=r"within 0.5 s") as slow:
+            Client(f"http://127.0.0.1:{silent.getsockname()[1]}", token=TOKEN, timeout=0.5).health()
+        assert "timeout=" in slow.value.hint and not isinstance(slow.value, ServerWentAway)
     with pytest.raises(InputError, match="name of one of the server's databases"):
         Client(url, token=TOKEN).ask("How many?", db=object())
 
