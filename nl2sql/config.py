@@ -22,8 +22,9 @@ def _user_dir(kind: str) -> Path:
     return Path(base) / "nl2sql" if base else default / "nl2sql"
 
 
-def setting(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def setting(default, help: str, *, secret: bool = False, **kw):
+    """A Settings field; a `secret` one (a token) stays out of repr(settings), which ends up in logs and reports."""
+    return field(default=default, repr=not secret, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class Settings:
         "loading a model in this process. Empty = answer in process.")
     api_token: str = setting(
         "", "Bearer token of `nl2sql serve`: the server requires it on every call but /health, /metrics and the API docs (and "
-        "refuses to listen beyond localhost without one); clients send it. Keep it out of shared files.")
+        "refuses to listen beyond localhost without one); clients send it. Keep it out of shared files.",
+        secret=True)
     serve_databases: str = setting(
         "", "Databases `nl2sql serve` answers about, comma-separated name=URL-or-path entries (plus 'demo' for the demo "
         "warehouse); a request names one of them. Empty = the demo warehouse only. Any other db is refused (403).")
@@ -148,7 +150,7 @@ class Settings:
         "the only model its /v1/models lists.")
     escalate_api_key: str = setting(
         "", "openai: backend: the bearer token it expects (vLLM --api-key; NL2SQL_API_TOKEN of an nl2sql serve). "
-        "Never logged.")
+        "Never logged.", secret=True)
     escalate_timeout: float = setting(
         60.0, "openai: backend: seconds to wait for it to connect and answer; past that the small model's answer "
         "stands, with a note.")

@@ -352,3 +352,10 @@ def test_nl2sql_serve_with_the_bundled_model_stopped_while_decoding(tmp_path, se
         assert QueryLog(log_path).entries()[-1]["id"] == again.entry_id
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_tokens_stay_out_of_the_settings_repr(srv_settings):
+    """repr(settings) lands in logs and bug reports: the server's token and an escalation key are not in it."""
+    s = srv_settings.replace(escalate_api_key="k-escalate-secret")
+    assert s.api_token == TOKEN and TOKEN not in repr(s) and "k-escalate-secret" not in repr(s)
+    assert "query_log=" in repr(s)   # the rest is still there
