@@ -41,6 +41,9 @@ class Client:
 
     def __init__(self, url: str, *, token: str | None = None, name: str | None = None, timeout: float = 300.0,
                  settings: Settings | None = None):
+        if isinstance(url, str) and "@" in urllib.parse.urlsplit(url).netloc:  # not repeated: it may hold a token
+            raise InputError("The server URL holds a user:password@ part, which nl2sql serve does not read.",
+                             hint="Drop it from the URL (NL2SQL_SERVER) and put the token in NL2SQL_API_TOKEN.")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InputError(f"The server URL {url!r} is not an http(s) URL.",
                              hint="Example: server='http://127.0.0.1:8765' (what `nl2sql serve` prints).")

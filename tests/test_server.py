@@ -221,6 +221,9 @@ def test_client_errors_say_what_to_do(srv_settings, live):
         assert "timeout=" in slow.value.hint and not isinstance(slow.value, ServerWentAway)
     with pytest.raises(InputError, match="name of one of the server's databases"):
         Client(url, token=TOKEN).ask("How many?", db=object())
+    with pytest.raises(InputError, match="NL2SQL_API_TOKEN") as in_url:   # a token in the URL is never echoed
+        Client(url.replace("http://", f"http://ana:{TOKEN}@"))
+    assert TOKEN not in str(in_url.value)
 
 
 def test_an_old_query_log_gains_the_client_column(tmp_path):
