@@ -56,7 +56,7 @@ _pipelines_lock = threading.Lock()
 
 
 def server_pipeline(settings) -> ServerPipeline:
-    """One per server URL, token and client settings in this process (its schemas are shared by the sessions)."""
+    """One per server URL and token in this process (its schemas are shared by the browser sessions)."""
     key = (settings.server, settings.api_token)
     with _pipelines_lock:
         if key not in _pipelines:
