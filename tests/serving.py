@@ -26,6 +26,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(url: str, proc: subprocess.Popen, log: Path, wait: float = 120) -> None:
+    """Until GET `url` answers 200. If `proc` exits first, or `wait` seconds pass (then it is killed, not left
+    running), the test fails with the end of its output `log`."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            what = f"exited with status {proc.returncode}" if proc.poll() is not None else f"was not up in {wait:g} s"
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise AssertionError(f"{' '.join(map(str, proc.args[1:4]))} {what}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 class SlowScripted(ScriptedGenerator):
     """Writes each queued answer (cycling through them) over `seconds`, checking the cancel scope every 10 ms as
     the batcher does between decoding steps. When a question reaches the model `started` is set and 'generating N'
@@ -75,17 +95,8 @@ class ServeProcess:
             cmd = [sys.executable, "-m", "nl2sql.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"nl2sql serve did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_up(self.url + "/health", self.proc, self.log, wait)
+        return self
 
     def wait_for(self, text: str, wait: float = 600) -> None:
         """Until the server's output holds `text` (e.g. 'generating 1')."""

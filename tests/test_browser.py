@@ -13,11 +13,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from serving import free_port
+from serving import free_port, wait_until_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
 
@@ -45,16 +44,7 @@ def _streamlit(tmp_path, extra_env: dict):
                             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_up(url + "/_stcore/health", proc, tmp_path / "streamlit.log")
         yield url, Path(env["NL2SQL_QUERY_LOG"]), tmp_path / "streamlit.log", proc
     finally:
         proc.terminate()
