@@ -281,6 +281,7 @@ def create_app(settings: Settings | None = None, *, generator=None):
     configured model is loaded on the first question and shared through a BatchingGenerator."""
     _require_fastapi()
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
     from pydantic import BaseModel, Field
 
@@ -328,6 +329,16 @@ def create_app(settings: Settings | None = None, *, generator=None):
     async def nl2sql_error(request: Request, e: Nl2SqlError):
         return JSONResponse({"error": e.message, "error_type": type(e).__name__, "hint": e.hint},
                             status_code=_status(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed_body(request: Request, e: RequestValidationError):
+        """A body with a missing or mistyped field: which one, as an InputError (not FastAPI's bare `detail`, which
+        the client could only report as 'HTTP 422'); the value sent is not repeated."""
+        first = (e.errors() or [{}])[0]
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "body"
+        return JSONResponse({"error": f"The request's {where} is not valid: {first.get('msg', 'malformed')}.",
+                             "error_type": "InputError", "hint": "The fields of each endpoint are on /docs."},
+                            status_code=422)
 
     def resolve_db(name):
         if name in (None, ""):
@@ -403,15 +414,30 @@ def create_app(settings: Settings | None = None, *, generator=None):
     def list_databases():
         return {"databases": list(databases)}
 
+    def follow_up_context(examples):
+        """A follow-up's (question, SQL) pairs: no more than the server's own retrieval puts in a prompt, each
+        within the library's question and SQL limits, so that one client cannot fill the shared model's prompt."""
+        if not examples:
+            return None
+        most = max(1, settings.examples)
+        if len(examples) > most:
+            raise InputError(f"A follow-up may refer to at most {most} earlier answers; this one sent {len(examples)}.",
+                             hint="Send the answer the question follows up on, or raise NL2SQL_EXAMPLES on the server.")
+        if any(len(q) > settings.max_question_chars or len(sql) > settings.max_sql_chars for q, sql in examples):
+            raise InputError(f"An earlier answer a follow-up refers to is too long (questions up to "
+                             f"{settings.max_question_chars:,} characters, SQL up to {settings.max_sql_chars:,}).",
+                             hint="Send the question and SQL of that answer as they were asked and answered.")
+        return [tuple(pair) for pair in examples]
+
     @app.post("/v1/ask")
     async def ask(body: AskBody, request: Request):
         """Answer a question: SQL in the database's dialect, its rows, and the entry id feedback refers to."""
         name, db = resolve_db(body.db)
         who = client_name(request)
+        context = follow_up_context(body.examples)
 
         def work():
             t0 = time.perf_counter()
-            context = [tuple(pair) for pair in body.examples] if body.examples else None
             a = pipe.ask(body.question, db, execute=body.execute, examples=context, session=body.session)
             check_cancelled()  # the client left: nothing goes to the log
             latency = time.perf_counter() - t0

@@ -129,6 +129,19 @@ def test_input_errors_are_clear(srv_settings):
     assert r.status_code == 422 and r.json()["error_type"] == "InputError"
     r = c.post("/v1/feedback", json={"entry_id": 1, "rating": 5}, headers=auth())
     assert r.status_code == 422
+    # a malformed body names the field, as nl2sql's own errors do (not FastAPI's bare `detail`)
+    r = c.post("/v1/ask", json={"question": "How many?", "examples": [["a question without its SQL"]]}, headers=auth())
+    assert r.status_code == 422 and r.json()["error_type"] == "InputError", r.text
+    assert "examples.0.1" in r.json()["error"] and "/docs" in r.json()["hint"] and "without its SQL" not in r.text
+    # a follow-up's context is bounded like the server's own examples: it cannot fill the shared model's prompt
+    pair = ["How many customers are there?", COUNT]
+    r = c.post("/v1/ask", json={"question": "and now?", "examples": [pair] * (srv_settings.examples + 1)},
+               headers=auth())
+    assert r.status_code == 422 and f"at most {srv_settings.examples}" in r.json()["error"]
+    long_question = "why " * (srv_settings.max_question_chars // 4 + 1)
+    r = c.post("/v1/ask", json={"question": "and now?", "examples": [[long_question, COUNT]]}, headers=auth())
+    assert r.status_code == 422 and "too long" in r.json()["error"]
+    assert QueryLog(srv_settings.query_log_path).entries() == []
 
 
 def test_no_token_no_listening_beyond_localhost(settings):
