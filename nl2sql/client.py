@@ -41,14 +41,8 @@ class Client:
 
     def __init__(self, url: str, *, token: str | None = None, name: str | None = None, timeout: float = 300.0,
                  settings: Settings | None = None):
-        if isinstance(url, str) and "@" in urllib.parse.urlsplit(url).netloc:  # not repeated: it may hold a token
-            raise InputError("The server URL holds a user:password@ part, which nl2sql serve does not read.",
-                             hint="Drop it from the URL (NL2SQL_SERVER) and put the token in NL2SQL_API_TOKEN.")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise InputError(f"The server URL {url!r} is not an http(s) URL.",
-                             hint="Example: server='http://127.0.0.1:8765' (what `nl2sql serve` prints).")
         settings = settings or Settings.from_env()
-        self.url = url.rstrip("/")
+        self.url = _checked_url(url)
         self.token = token if token is not None else settings.api_token
         self.name = name or default_client_name()
         self.timeout = timeout
@@ -121,6 +115,27 @@ class Client:
         except ValueError:
             raise ServerError(f"The server at {self.url} did not answer with JSON.",
                               hint="Is this URL an `nl2sql serve` service?") from None
+
+
+def _checked_url(url) -> str:
+    """`url` without its trailing /, if it is http(s) with a host (and a numeric port, if any). A user:password@
+    part is refused without repeating the URL: it may hold a token."""
+    if not isinstance(url, str):
+        raise InputError(f"The server URL must be text, not {type(url).__name__}.", hint=_URL_EXAMPLE)
+    if "@" in url.split("?")[0].split("#")[0]:
+        raise InputError("The server URL holds a user:password@ part, which nl2sql serve does not read.",
+                         hint="Drop it from the URL (NL2SQL_SERVER) and put the token in NL2SQL_API_TOKEN.")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a port that is not a number, an unclosed [IPv6 address
+        valid = False
+    if not valid or any(ch.isspace() for ch in url):
+        raise InputError(f"The server URL {url!r} is not an http(s) URL with a host.", hint=_URL_EXAMPLE)
+    return url.rstrip("/")
+
+
+_URL_EXAMPLE = "Example: server='http://127.0.0.1:8765' (what `nl2sql serve` prints)."
 
 
 def _unanswered(e: BaseException, url: str, timeout: float) -> ConnectError:

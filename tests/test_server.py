@@ -237,6 +237,9 @@ def test_client_errors_say_what_to_do(srv_settings, live):
     with pytest.raises(InputError, match="NL2SQL_API_TOKEN") as in_url:   # a token in the URL is never echoed
         Client(url.replace("http://", f"http://ana:{TOKEN}@"))
     assert TOKEN not in str(in_url.value)
+    for bad in ("localhost:8765", "http://127.0.0.1:port", "http://[::1", "http://", "http://my host:8765"):
+        with pytest.raises(InputError, match="not an http\\(s\\) URL with a host"):   # not 'the server went away'
+            Client(bad, token=TOKEN)
 
 
 def test_an_old_query_log_gains_the_client_column(tmp_path):
