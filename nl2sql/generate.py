@@ -600,16 +600,22 @@ class DecodeBatch:
             self.rows, self.owner, self.cache, self.attn, self.h = [], [], None, None, None
             return
         idx = torch.tensor(keep, device=self.device)
-        self.cache.batch_select_indices(idx)
         self.rows = [self.rows[i] for i in keep]
         self.owner = [self.owner[i] for i in keep]
         self.attn, self.h = self.attn[idx], self.h[idx]
-        # slots no remaining row uses (the padding a longer, finished request needed) are dropped from the left
+        # slots no remaining row uses (the padding a longer, finished request needed) are dropped from the left;
+        # the kept rows and slots go into fresh buffers with room to grow, one copy per layer
         lead = int(self.attn.any(dim=0).long().argmax())
+        width = self.attn.shape[1] - lead
+        self.attn = self.attn[:, lead:]
+        cap = width + max(_KV_SLACK, width // 8)
+        for layer in self.cache.layers:
+            kbuf = layer.keys.new_empty((len(keep), layer.keys.shape[1], cap, layer.keys.shape[3]))
+            vbuf = torch.empty_like(kbuf)
+            torch.index_select(layer.keys[:, :, lead:], 0, idx, out=kbuf[:, :, :width])
+            torch.index_select(layer.values[:, :, lead:], 0, idx, out=vbuf[:, :, :width])
+            layer.adopt(kbuf, vbuf, width)
         if lead > 0:
-            self.attn = self.attn[:, lead:]
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
             for r in self.rows:
                 r.cache_pos = [p - lead for p in r.cache_pos]
 
