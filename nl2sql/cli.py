@@ -120,7 +120,7 @@ def _shadow(args, s) -> int:
         right = {True: "; right", False: "; wrong", None: ""}[row.candidate_correct]
         print(f"{i}/{n} #{row.entry_id} {same}{right} ({row.seconds:.1f} s)", file=sys.stderr)
     report = shadow(Pipeline(s.replace(escalate_below=0.0, ab_share=0.0)), args.version, since=args.since,
-                    limit=args.limit, progress=progress)
+                    limit=args.limit, progress=progress, workers=args.workers)
     path = save_report(report, s, Path(args.out) if args.out else None)
     if args.json:
         print(json.dumps(report.to_json(), default=str))
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("version", nargs="?")
     ad.add_argument("--since", default="7d", help="shadow/compare: logged questions of this last period (7d, 12h)")
     ad.add_argument("--limit", type=int, default=0, help="shadow: at most the N newest questions")
+    ad.add_argument("--workers", type=int, default=8, help="shadow: questions replayed at a time (their decoding "
+                    "shares batches)")
     ad.add_argument("--out", help="shadow: report JSON path (default: <data_dir>/shadow/<version>-<time>.json)")
     ad.add_argument("--json", action="store_true", help="shadow/compare: print JSON")
     ad.set_defaults(func=cmd_adapters)
