@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from nl2sql.grammar import parses, sql_grammar  # noqa: E402
 from nl2sql.querylog import QueryLog  # noqa: E402
 from nl2sql.remote import RemoteGenerator  # noqa: E402
 from nl2sql.server import create_app  # noqa: E402
-from serving import ServeProcess, free_port  # noqa: E402  (tests/serving.py)
+from serving import ServeProcess, free_port, wait_until_up  # noqa: E402  (tests/serving.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "remote-test-token-0123456789"
@@ -76,19 +75,6 @@ uvicorn.run(create_app(s, generator=ByQuestion()), host="127.0.0.1", port=port, 
 '''
 
 
-def _wait_up(url: str, proc, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("the server did not start")
-
-
 def _stop(proc) -> None:
     proc.terminate()
     try:
@@ -103,11 +89,13 @@ def backend(tmp_path_factory):
     d = tmp_path_factory.mktemp("remote")
     port, calls = free_port(), d / "calls.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(calls), str(d / "data"), TOKEN], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = d / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(calls), str(d / "data"), TOKEN],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_up(url, proc)
+        wait_until_up(url + "/health", proc, log)
         yield url, calls
     finally:
         _stop(proc)
