@@ -14,7 +14,8 @@ exported as `nl2sql log export` does; from it:
 Every configuration answers the held-out questions with the glossary on and no retrieved examples, so only the
 weights differ. Training runs in a child process (its peak memory is measured apart from the scoring's).
 
-    NL2SQL_THREADS=1 python benchmarks/dpo.py [--feedback 50] [--configs shipped,sft,sft+dpo,dpo]
+    NL2SQL_THREADS=1 python benchmarks/dpo.py [--feedback 50] [--configs shipped,sft,sft+dpo,dpo] [--work DIR]
+    ... --configs sft+dpo --rpo-alpha 1 --label " (rpo 1)" --work DIR2   # a variant (copy DIR's log and sft/)
 Writes benchmarks/results/dpo/results.json (one entry per configuration, kept across runs).
 """
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="keep the log, pairs and adapters here (default: a temporary folder)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dpo"))
+    ap.add_argument("--label", default="", help="appended to the configurations' names in results.json (a variant)")
     args = ap.parse_args(argv)
 
     from nl2sql.api import Pipeline
@@ -111,7 +113,8 @@ def main(argv=None) -> int:
                    dpo_epochs=args.dpo_epochs, threads=os.environ.get("NL2SQL_THREADS"))
 
     def save(name, row):
-        results["configs"][name] = row
+        name += args.label
+        results["configs"][name] = {**row, "beta": args.beta, "rpo_alpha": args.rpo_alpha} if "dpo" in name else row
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps({name: row}), flush=True)
 
