@@ -109,8 +109,10 @@ def main(argv=None) -> int:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"configs": {}}
     results.update(held_out_kinds=len(held), test_questions=len(test), feedback_questions=len(feedback),
-                   seed=args.seed, beta=args.beta, rpo_alpha=args.rpo_alpha, sft_epochs=args.sft_epochs,
-                   dpo_epochs=args.dpo_epochs, threads=os.environ.get("NL2SQL_THREADS"))
+                   seed=args.seed, sft_epochs=args.sft_epochs, dpo_epochs=args.dpo_epochs,
+                   threads=os.environ.get("NL2SQL_THREADS"))
+    if not args.label:  # a variant's beta and rpo alpha are recorded with its rows
+        results.update(beta=args.beta, rpo_alpha=args.rpo_alpha)
 
     def save(name, row):
         name += args.label
