@@ -116,6 +116,8 @@ def main(argv=None) -> int:
 
     def save(name, row):
         name += args.label
+        if results_path.exists():  # rows another run wrote meanwhile are kept
+            results["configs"] = {**json.loads(results_path.read_text())["configs"], **results["configs"]}
         results["configs"][name] = {**row, "beta": args.beta, "rpo_alpha": args.rpo_alpha} if "dpo" in name else row
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps({name: row}), flush=True)
