@@ -95,17 +95,9 @@ class Client:
 
     # --- HTTP -----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
-        req.add_header("X-Nl2SQL-Client", self.name)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
+            raw = send_json(self.url + path, method, payload, token=self.token, timeout=self.timeout,
+                            headers={"X-Nl2SQL-Client": self.name})
         except urllib.error.HTTPError as e:
             raise _error_from(e, self.url) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
@@ -115,6 +107,23 @@ class Client:
         except ValueError:
             raise ServerError(f"The server at {self.url} did not answer with JSON.",
                               hint="Is this URL an `nl2sql serve` service?") from None
+
+
+def send_json(url: str, method: str, payload: dict | None, *, token: str | None, timeout: float,
+              headers: dict | None = None, max_bytes: int | None = None) -> bytes:
+    """One JSON request with a bearer token; the response body (at most max_bytes + 1 bytes are read, so a caller
+    can refuse a larger one). urllib's errors propagate: each caller says what they mean for its server."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Accept", "application/json")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read() if max_bytes is None else resp.read(max_bytes + 1)
 
 
 def _checked_url(url) -> str:

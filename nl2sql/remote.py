@@ -31,6 +31,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 
+from .client import send_json
 from .config import Settings
 from .errors import ConfigError, ConnectError, InputError, ModelError
 from .generate import GenRequest, Generation
@@ -199,18 +200,11 @@ class RemoteGenerator:
 
     def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
         where = shown(self.base)
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read(MAX_RESPONSE_BYTES + 1)
+            raw = send_json(self.base + path, method, payload, token=self.api_key, timeout=self.timeout,
+                            max_bytes=MAX_RESPONSE_BYTES)
         except urllib.error.HTTPError as e:
-            raise _http_error(e, where, len(data or b"")) from None
+            raise _http_error(e, where, len(json.dumps(payload)) if payload is not None else 0) from None
         except (TimeoutError, socket.timeout):
             raise ConnectError(f"The escalation server at {where} did not answer within {self.timeout:g} s.",
                                hint="Check that it is up and not overloaded, or raise NL2SQL_ESCALATE_TIMEOUT.") from None
