@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dpo-epochs", type=float, default=2.0)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--rpo-alpha", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the learning curve's split")
+    ap.add_argument("--train-seed", type=int, default=0, help="training's seed (data order, LoRA init)")
     ap.add_argument("--work", help="keep the log, pairs and adapters here (default: a temporary folder)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dpo"))
     ap.add_argument("--label", default="", help="appended to the configurations' names in results.json (a variant)")
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     sft_examples = make_examples([r for r in rows if r["label"] != "negative"], {"demo": schema}, glossaries=glossaries)
     write_jsonl(sft_examples, work / "sft.jsonl.gz")
     write_jsonl(pairs, work / "dpo.jsonl.gz")
-    common = ["--base", base.model, "--cache-dir", str(base.cache_dir), "--device", base.device, "--dtype", base.dtype]
+    common = ["--seed", str(args.train_seed), "--base", base.model, "--cache-dir", str(base.cache_dir), "--device", base.device, "--dtype", base.dtype]
 
     adapters = {"shipped": shipped}
 
