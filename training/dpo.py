@@ -418,14 +418,9 @@ def dpo_command(args, settings, score) -> int:
 
 
 def main(argv=None) -> int:
-    from .sft import parse_args
-    cfg = parse_args(argv, DpoConfig, __doc__)
-    if not cfg.data or not cfg.out:
-        print("error: --data and --out are required", file=sys.stderr)
-        return 2
-    meta = train_dpo(cfg)
-    print(json.dumps({k: meta[k] for k in ("pairs", "steps", "final_loss", "final_margin", "wall_seconds")}))
-    return 0
+    from .sft import parse_args, run_cli
+    return run_cli(parse_args(argv, DpoConfig, __doc__), train_dpo,
+                   ("pairs", "steps", "final_loss", "final_margin", "wall_seconds"))
 
 
 if __name__ == "__main__":

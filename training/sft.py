@@ -386,14 +386,18 @@ def save_adapter(model, out: Path) -> None:
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(f)).items()}, str(f))
 
 
-def main(argv=None) -> int:
-    cfg = parse_args(argv)
+def run_cli(cfg, train_fn, shown: tuple) -> int:
+    """A training module's command line: train with `cfg`, print the `shown` figures of its metadata as JSON."""
     if not cfg.data or not cfg.out:
         print("error: --data and --out are required", file=sys.stderr)
         return 2
-    meta = train(cfg)
-    print(json.dumps({k: meta[k] for k in ("examples", "steps", "tokens", "final_loss", "wall_seconds")}))
+    meta = train_fn(cfg)
+    print(json.dumps({k: meta[k] for k in shown}))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(parse_args(argv), train, ("examples", "steps", "tokens", "final_loss", "wall_seconds"))
 
 
 if __name__ == "__main__":
