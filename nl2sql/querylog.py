@@ -75,16 +75,18 @@ class QueryLog:
             con.close()
 
     def feedback(self, entry_id: int, *, rating: int | None = None, comment: str | None = None,
-                 corrected_sql: str | None = None) -> None:
-        """Set the rating (1 up, -1 down), comment or corrected SQL of an entry; None leaves a field as it is."""
+                 corrected_sql: str | None = None) -> bool:
+        """Set the rating (1 up, -1 down), comment or corrected SQL of an entry; None leaves a field as it is.
+        False when there is no such entry (nothing written)."""
         now = time.time()
         con = self._connect()
         try:
-            con.execute("UPDATE entries SET rating = COALESCE(?, rating), comment = COALESCE(?, comment), "
-                        "corrected_sql = COALESCE(?, corrected_sql), "
-                        "rated_at = CASE WHEN ? IS NULL THEN rated_at ELSE ? END, "
-                        "corrected_at = CASE WHEN ? IS NULL THEN corrected_at ELSE ? END WHERE id = ?",
-                        (rating, comment, corrected_sql, rating, now, corrected_sql, now, entry_id))
+            cur = con.execute("UPDATE entries SET rating = COALESCE(?, rating), comment = COALESCE(?, comment), "
+                              "corrected_sql = COALESCE(?, corrected_sql), "
+                              "rated_at = CASE WHEN ? IS NULL THEN rated_at ELSE ? END, "
+                              "corrected_at = CASE WHEN ? IS NULL THEN corrected_at ELSE ? END WHERE id = ?",
+                              (rating, comment, corrected_sql, rating, now, corrected_sql, now, entry_id))
+            return cur.rowcount > 0
         finally:
             con.close()
 

@@ -478,7 +478,9 @@ def create_app(settings: Settings | None = None, *, generator=None):
     def feedback(body: FeedbackBody):
         if body.rating not in (None, 1, -1):
             raise InputError("rating must be 1 or -1.", hint="Send 1 for a good answer, -1 for a wrong one.")
-        log.feedback(body.entry_id, rating=body.rating, comment=body.comment, corrected_sql=body.corrected_sql)
+        if not log.feedback(body.entry_id, rating=body.rating, comment=body.comment, corrected_sql=body.corrected_sql):
+            raise InputError(f"The query log has no answer {body.entry_id}.",
+                             hint="Send the entry_id that /v1/ask returned with the answer.")
         return {"ok": True, "entry_id": body.entry_id}
 
     @app.get("/v1/schema")

@@ -129,6 +129,9 @@ def test_input_errors_are_clear(srv_settings):
     assert r.status_code == 422 and r.json()["error_type"] == "InputError"
     r = c.post("/v1/feedback", json={"entry_id": 1, "rating": 5}, headers=auth())
     assert r.status_code == 422
+    # feedback on an answer the log does not have is refused, not acknowledged and lost
+    r = c.post("/v1/feedback", json={"entry_id": 987654, "rating": 1}, headers=auth())
+    assert r.status_code == 422 and r.json()["error_type"] == "InputError" and "987654" in r.json()["error"]
     # a malformed body names the field, as nl2sql's own errors do (not FastAPI's bare `detail`)
     r = c.post("/v1/ask", json={"question": "How many?", "examples": [["a question without its SQL"]]}, headers=auth())
     assert r.status_code == 422 and r.json()["error_type"] == "InputError", r.text
