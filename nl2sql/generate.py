@@ -349,7 +349,7 @@ def _growing_cache_class():
 
         def _reserve(self, n: int, need: int, like) -> None:
             import torch
-            cap = need + max(_KV_SLACK, need // 8)
+            cap = _room_for(need)
             shape = (like.shape[0], like.shape[1], cap, like.shape[3])
             kbuf = torch.empty(shape, dtype=like.dtype, device=like.device)
             vbuf = torch.empty(shape, dtype=like.dtype, device=like.device)
@@ -485,7 +485,7 @@ class DecodeBatch:
             sources.append((cache, len(live.rows), live.n_ids, None))
         width = max(slots for _, _, slots, _ in sources)
         total = sum(rows for _, rows, _, _ in sources)
-        cap = width + max(_KV_SLACK, width // 8)
+        cap = _room_for(width)
         attn = torch.zeros((total, width), dtype=torch.long, device=self.device)
         r0 = 0
         for _, rows, slots, a in sources:
@@ -608,7 +608,7 @@ class DecodeBatch:
         lead = int(self.attn.any(dim=0).long().argmax())
         width = self.attn.shape[1] - lead
         self.attn = self.attn[:, lead:]
-        cap = width + max(_KV_SLACK, width // 8)
+        cap = _room_for(width)
         for layer in self.cache.layers:
             kbuf = layer.keys.new_empty((len(keep), layer.keys.shape[1], cap, layer.keys.shape[3]))
             vbuf = torch.empty_like(kbuf)
@@ -637,6 +637,11 @@ _MAX_BACKTRACKS = 6        # per row; past that the row decodes under the gramma
 _KV_SLACK = 128            # free cache slots a layer keeps for the tokens still to come
 _MIN_SKIP = 64             # a sliding layer reads from its window's first slot when that skips at least this many
 _CANDIDATES_PER_STEP = 12  # tokens the binder may turn down at one step before it gives up on the row
+
+
+def _room_for(slots: int) -> int:
+    """Cache slots to allocate for a layer holding `slots`: spare room so appends write in place."""
+    return slots + max(_KV_SLACK, slots // 8)
 
 
 # llguidance's token bitmask (32 tokens per int32, bit set = allowed), handled in plain torch: the helpers in
