@@ -611,14 +611,21 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
     """Replace string literals compared (=, !=, IN) with a text column by the column's own spelling of them.
 
     'france' -> 'France', 'Aberdeen' -> 'Aberdeen ' (the stored value has the space), 'Cafe' -> 'Café'.
-    A literal the column already holds, or like none of its values, is left alone; so is everything when the
-    column is not in the index. Works on the validated SQL; the guarded executor checks the result again.
+    A literal the column already holds is left alone; so is everything when the column is not in the index.
+    A literal like none of the column's values, when the index read all of them, is moved to the one column of
+    a table in scope that does hold it ("subcategory = 'Home'" -> "category = 'Home'" when only category has
+    'Home'): a small model often picks a sibling column, and the comparison could only ever be empty.
+    Works on the validated SQL; the guarded executor checks the result again.
 
     >>> idx = ValueIndex.from_values("x", {("cars", "make"): ["Ford", "Toyota"]})
     >>> from nl2sql.schema import Schema, Table, Column
     >>> s = Schema("x", "sqlite", (Table("cars", (Column("make", "TEXT"), Column("id", "INT"))),))
     >>> snap_literals("SELECT id FROM cars AS T1 WHERE T1.make = 'ford' OR make IN ('toyotta', 'BMW')", "sqlite", idx, s)
     "SELECT id FROM cars AS T1 WHERE T1.make = 'Ford' OR make IN ('Toyota', 'BMW')"
+    >>> idx = ValueIndex.from_values("x", {("cars", "make"): ["Ford"], ("cars", "colour"): ["Red", "Blue"]})
+    >>> s = Schema("x", "sqlite", (Table("cars", (Column("make", "TEXT"), Column("colour", "TEXT"))),))
+    >>> snap_literals("SELECT COUNT(*) FROM cars WHERE make = 'red'", "sqlite", idx, s)
+    "SELECT COUNT(*) FROM cars WHERE colour = 'Red'"
     """
     import sqlglot
     from sqlglot import exp
@@ -631,6 +638,7 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
         return sql
     columns_of = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
     values_of = {(t.lower(), c.lower()): v for (t, c), v in index.values.items()}
+    capped = {(t.lower(), c.lower()) for t, c in index.capped}
     changed = False
     for scope in traverse_scope(tree):
         tables = {alias.lower(): src.name.lower() for alias, src in scope.sources.items() if isinstance(src, exp.Table)}
@@ -643,13 +651,40 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
             if not stored:
                 continue
             literals = node.expressions if isinstance(node, exp.In) else [node.expression, node.this]
-            for lit in literals:
-                if isinstance(lit, exp.Literal) and lit.is_string:
-                    better = _closest(lit.this, stored)
-                    if better is not None and better != lit.this:
-                        lit.replace(exp.Literal.string(better))
-                        changed = True
+            strings = [lit for lit in literals if isinstance(lit, exp.Literal) and lit.is_string]
+            for lit in strings:
+                better = _closest(lit.this, stored)
+                if better is not None and better != lit.this:
+                    lit.replace(exp.Literal.string(better))
+                    changed = True
+            if len(strings) == 1 and _closest(strings[0].this, stored) is None and (table, col.name.lower()) not in capped:
+                home = _home_of(strings[0].this, tables, values_of, skip=(table, col.name.lower()))
+                if home is not None:
+                    alias, column, spelled = home
+                    same = tables.get(alias) == table
+                    qualifier = col.table if same else next(a for a in scope.sources if a.lower() == alias)
+                    col.replace(exp.column(column, table=qualifier or None))
+                    strings[0].replace(exp.Literal.string(spelled))
+                    changed = True
     return tree.sql(dialect=dialect) if changed else sql
+
+
+def _home_of(literal: str, tables: dict, values_of: dict, skip: tuple) -> tuple | None:
+    """(alias, column, stored spelling) of the one column of a table in scope that holds `literal`, or None when
+    none or several do. Numbers and long strings are never moved: the index holds only short text values."""
+    key = normalize(literal)
+    if not key or len(literal) > MAX_VALUE_CHARS or re.fullmatch(r"[\d\s.,:/+-]+", literal):
+        return None
+    found = []
+    for alias, table in tables.items():
+        for (t, column), stored in values_of.items():
+            if t == table and (t, column) != skip:
+                by_norm, _ = _normalised(tuple(stored))
+                if key in by_norm:
+                    found.append((alias, column, by_norm[key]))
+    if len({t for t in tables.values()}) != len(tables):   # a table twice in scope (self-join): whose column?
+        return None
+    return found[0] if len(found) == 1 else None
 
 
 def _column_table(col, tables: dict, columns_of: dict) -> str | None:

@@ -391,3 +391,71 @@ def test_total_value_cap_skips_later_columns(value_db, fresh_settings):
     assert index.value_count == 5000 and not index.partial
     assert {f[:2] for f in index.failed} == set(text_columns(schema)) - {("big", "code")}
     assert all("5,000 values" in f[2] for f in index.failed)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "duckdb"])
+def test_a_literal_compared_with_the_wrong_column_moves_to_the_column_that_holds_it(kind, value_db, fresh_settings):
+    from nl2sql.executor import run_checked
+    from nl2sql.values import snap_literals
+    wh, schema = _open(value_db, kind, fresh_settings)
+    try:
+        index = ValueIndex.build(wh, schema, fresh_settings)
+
+        def snap(sql):
+            return snap_literals(sql, schema.dialect, index, schema)
+        moved = snap("SELECT COUNT(*) FROM place WHERE name = 'Ireland'")
+        assert moved == "SELECT COUNT(*) FROM place WHERE country = 'Ireland'"
+        assert run_checked(wh, moved, fresh_settings).df.iloc[0, 0] == 1
+        # an alias is kept, and the stored spelling replaces the model's
+        assert snap("SELECT T1.id FROM place AS T1 WHERE T1.country = 'paris'") == \
+            "SELECT T1.id FROM place AS T1 WHERE T1.name = 'PARIS'"
+        unchanged = [
+            "SELECT id FROM place WHERE country = 'Ireland'",               # the column holds it
+            "SELECT id FROM place WHERE name = 'Atlantis'",                 # no column holds it
+            "SELECT id FROM place WHERE name = 'item-7'",                   # only a table not in the query does
+            "SELECT id FROM big WHERE code = 'France'",                     # big.code was capped: not all of it read
+            "SELECT id FROM place WHERE name = '1970'",                     # numbers are never moved
+            "SELECT a.id FROM place AS a JOIN place AS b ON a.id = b.id WHERE a.name = 'Ireland'",  # whose column?
+            "SELECT id FROM place WHERE name IN ('Ireland', 'Café')",       # a list: one of them belongs here
+        ]
+        for sql in unchanged:
+            assert snap(sql) == sql, sql
+    finally:
+        wh.close()
+
+
+@pytest.mark.parametrize("db", ["car_1", "concert_singer", "flight_2", "pets_1", "poker_player"])
+def test_moving_literals_never_touches_a_right_comparison_and_only_moves_to_one_with_rows(db, fresh_settings):
+    """On real databases: every stored value compared with its own column is left as it is; compared with a
+    sibling text column it either stays or moves to a column where the comparison finds rows."""
+    from pathlib import Path
+
+    from nl2sql.executor import run_checked
+    from nl2sql.values import snap_literals
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "spider" / "database" / db / f"{db}.sqlite"
+    wh = open_warehouse(str(path), fresh_settings)
+    try:
+        schema = introspect(wh, sample_values=0)
+        index = ValueIndex.build(wh, schema, fresh_settings)
+        by_table: dict = {}
+        for (t, c), vals in index.values.items():
+            by_table.setdefault(t, []).append((c, vals[:15]))
+        checked = moved = 0
+        for t, cols in by_table.items():
+            for c, vals in cols:
+                for v in vals:
+                    lit = v.replace("'", "''")
+                    right = f'SELECT COUNT(*) FROM "{t}" WHERE "{c}" = \'{lit}\''
+                    assert snap_literals(right, "sqlite", index, schema) == right
+                    for other, _ in cols:
+                        if other == c:
+                            continue
+                        wrong = f'SELECT COUNT(*) FROM "{t}" WHERE "{other}" = \'{lit}\''
+                        out = snap_literals(wrong, "sqlite", index, schema)
+                        checked += 1
+                        if out != wrong:
+                            moved += 1
+                            assert run_checked(wh, out, fresh_settings).df.iloc[0, 0] > 0, (wrong, out)
+        assert checked > 0 and moved > 0   # every one of these databases has sibling text columns
+    finally:
+        wh.close()
