@@ -272,6 +272,7 @@ class ShadowRow:
     promoted_correct: bool | None = None
     seconds: float = 0.0
     note: str | None = None
+    replayed_with: int | None = None       # the entry of the same question whose replay this one shares
 
 
 @dataclass
@@ -363,23 +364,30 @@ def shadow(pipe, version: str, since: str = "7d", limit: int = 0, progress=None,
     cand.settings = cand.settings.replace(escalate_below=0.0)  # the candidate's own answers, not a router's
     batcher = _batched(cand)
     t_all = time.perf_counter()
-    done = 0
+    # A question logged several times (a dashboard's, a re-ask) is asked once: the same question, database and
+    # context build the same prompt with the same retrieved examples, and candidates are seeded by the question,
+    # so its answer would be the same. Each logged entry is still compared on its own (its SQL, its feedback).
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e.get("db"), e["question"], e.get("context") or ""), []).append(e)
+    results = SqlResults(cand, settings)
+    rows: dict[int, ShadowRow] = {}
     # Questions replay concurrently so that their decoding shares batches (nl2sql/batching.py): on 2 cores a
     # step of 8 questions costs far less than 8 steps. Each row is still the answer its question gets alone.
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers) if batcher else 1,
                                 thread_name_prefix="nl2sql-shadow") as pool:
-            for row in pool.map(lambda e: _replay(cand, e, settings), entries):
-                report.rows.append(row)
-                done += 1
-                if progress:
-                    progress(done, len(entries), row)
+            for group in pool.map(lambda g: _replay(cand, g, results, settings), groups.values()):
+                for row in group:
+                    rows[row.entry_id] = row
+                    if progress:
+                        progress(len(rows), len(entries), row)
     finally:
         if batcher is not None:
             batcher.close()
+    report.rows = [rows[e["id"]] for e in entries]
     report.seconds = time.perf_counter() - t_all
     return report
-
 
 
 def _batched(cand):
@@ -393,12 +401,36 @@ def _batched(cand):
     return cand._generator
 
 
-def _replay(cand, e: dict, settings) -> ShadowRow:
-    """One logged question asked again through the candidate, compared with the logged and the verified answer."""
-    from . import executor as execute_mod
-    row = ShadowRow(e["id"], e["question"], e["db"], e.get("adapter"), e.get("sql"),
-                    corrected_sql=e.get("corrected_sql"))
+class SqlResults:
+    """Logged and verified SQL run once per replay: a query logged a hundred times is executed once (the replay
+    takes minutes, so its answers come from the same data)."""
+
+    def __init__(self, cand, settings):
+        self.cand, self.settings = cand, settings
+        self._done: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, db, sql: str):
+        """The result of `sql` on `db` through the guarded executor; None when it fails."""
+        from . import executor as execute_mod
+        key = (db, sql)
+        with self._lock:
+            if key in self._done:
+                return self._done[key]
+        try:
+            df = execute_mod.run_checked(self.cand.warehouse(db), sql, self.settings).df
+        except Nl2SqlError:
+            df = None
+        with self._lock:
+            self._done[key] = df
+        return df
+
+
+def _replay(cand, group: list[dict], results: SqlResults, settings) -> list[ShadowRow]:
+    """One question, logged once or more, asked again through the candidate; each logged entry compared with it."""
+    e = group[0]
     t0 = time.perf_counter()
+    answer, note = None, None
     try:
         db = _resolve_db(e["db"], settings)
         full = cand.schema(db)
@@ -407,31 +439,41 @@ def _replay(cand, e: dict, settings) -> ShadowRow:
         else:
             found = cand.examples_for(db, full, e["question"], exclude_question=e["question"])  # never its own pair
             examples = [(x.question, x.sql) for x in reversed(found)]
-        a = cand.ask(e["question"], db, examples=examples)
-        row.candidate_sql, row.candidate_error = a.sql, a.error
-        wh = cand.warehouse(db)
-
-        def run(sql):
-            return execute_mod.run_checked(wh, sql, settings).df if sql else None
-        ordered = lambda sql: " order by " in (sql or "").lower()  # noqa: E731
-        logged = _try(run, e.get("sql")) if not e.get("error") else None
-        if a.df is not None and logged is not None:
-            row.matches_promoted = _same_result(logged, a.df, ordered(e.get("sql")))
-        elif a.error and e.get("error"):
-            row.matches_promoted = True   # both failed
-        elif bool(a.error) != bool(e.get("error")):
-            row.matches_promoted = False
-        right = verdict(e)
-        truth_sql = e.get("corrected_sql") if right is False else (e.get("sql") if right else None)
-        truth = _try(run, truth_sql) if truth_sql else None
-        if truth is not None:
-            row.verified = True
-            row.promoted_correct = bool(right)
-            row.candidate_correct = a.df is not None and _same_result(truth, a.df, ordered(truth_sql))
+        answer = cand.ask(e["question"], db, examples=examples)
     except Nl2SqlError as err:
-        row.note = str(err)
-    row.seconds = round(time.perf_counter() - t0, 3)
-    return row
+        db, note = None, str(err)
+    asked = time.perf_counter() - t0
+    rows = []
+    for i, entry in enumerate(group):
+        t1 = time.perf_counter()
+        row = ShadowRow(entry["id"], entry["question"], entry["db"], entry.get("adapter"), entry.get("sql"),
+                        corrected_sql=entry.get("corrected_sql"), note=note)
+        if answer is not None:
+            _compare(row, entry, answer, lambda sql: results.get(db, sql) if sql else None)
+        row.seconds = round((asked if i == 0 else 0.0) + time.perf_counter() - t1, 3)
+        row.replayed_with = None if i == 0 else e["id"]
+        rows.append(row)
+    return rows
+
+
+def _compare(row: ShadowRow, e: dict, a, run) -> None:
+    """Fill `row`: does the candidate's answer `a` match the logged one, and the verified one where there is one."""
+    row.candidate_sql, row.candidate_error = a.sql, a.error
+    ordered = lambda sql: " order by " in (sql or "").lower()  # noqa: E731
+    logged = run(e.get("sql")) if not e.get("error") else None
+    if a.df is not None and logged is not None:
+        row.matches_promoted = _same_result(logged, a.df, ordered(e.get("sql")))
+    elif a.error and e.get("error"):
+        row.matches_promoted = True   # both failed
+    elif bool(a.error) != bool(e.get("error")):
+        row.matches_promoted = False
+    right = verdict(e)
+    truth_sql = e.get("corrected_sql") if right is False else (e.get("sql") if right else None)
+    truth = run(truth_sql) if truth_sql else None
+    if truth is not None:
+        row.verified = True
+        row.promoted_correct = bool(right)
+        row.candidate_correct = a.df is not None and _same_result(truth, a.df, ordered(truth_sql))
 
 
 def _try(fn, sql):

@@ -211,6 +211,35 @@ def test_shadow_replays_logged_questions_through_the_candidate(lab, sqlite_db):
     assert json.loads(path.read_text())["summary"] == lifecycle.latest_shadow(lab)["summary"]
 
 
+def test_a_question_logged_several_times_is_asked_once_and_each_entry_compared_on_its_own(lab, sqlite_db):
+    db = str(sqlite_db)
+    log = QueryLog(lab.query_log_path)
+    q = "How many singers are from France?"
+    right = log.record(question=q, db=db, sql=COUNT_FR, executed=True, model="m", adapter="promoted")
+    log.feedback(right, rating=1)
+    wrong = log.record(question=q, db=db, sql=COUNT, executed=True, model="m", adapter="promoted")
+    log.feedback(wrong, corrected_sql=COUNT_FR)
+    plain = log.record(question=q, db=db, sql=COUNT, executed=True, model="m", adapter="promoted")
+    other = log.record(question="Who is from the Netherlands?", db=db, sql=NETHERLANDS, executed=True, model="m",
+                       adapter="promoted")
+    other_db = log.record(question=q, db="demo", sql="SELECT COUNT(*) FROM customers", executed=True, model="m",
+                          adapter="promoted")
+    cand = Scripted(["SELECT COUNT(*) FROM customers", NETHERLANDS, COUNT_FR], "v2")
+    report = lifecycle.shadow(Pipeline(lab, generator=Scripted([], "promoted")), "v2", since="7d", generator=cand)
+    assert len(cand.prompts) == 3   # the France question once per database, and the Netherlands one
+    rows = {r.entry_id: r for r in report.rows}
+    assert [r.entry_id for r in report.rows] == [other_db, other, plain, wrong, right]   # the log's order, newest first
+    answers = {rows[i].candidate_sql for i in (right, wrong, plain)}
+    assert len(answers) == 1 and "'France'" in answers.pop()
+    assert rows[right].matches_promoted is True and rows[right].candidate_correct is True
+    assert rows[wrong].matches_promoted is False and rows[wrong].candidate_correct is True
+    assert rows[wrong].promoted_correct is False
+    assert rows[plain].matches_promoted is False and rows[plain].verified is False
+    assert rows[other].matches_promoted is True and rows[other_db].matches_promoted is True
+    shared = [r for r in report.rows if r.replayed_with is not None]
+    assert {r.entry_id for r in shared} == {wrong, right} and {r.replayed_with for r in shared} == {plain}
+
+
 def test_shadow_of_an_unknown_or_foreign_adapter_is_refused(lab):
     pipe = Pipeline(lab, generator=Scripted([], "promoted"))
     with pytest.raises(ConfigError, match="No adapter version"):
