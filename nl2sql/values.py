@@ -639,6 +639,7 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
     columns_of = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
     values_of = {(t.lower(), c.lower()): v for (t, c), v in index.values.items()}
     capped = {(t.lower(), c.lower()) for t, c in index.capped}
+    columns_spelled = {(t.name.lower(), c.name.lower()): c.name for t in schema.tables for c in t.columns}
     changed = False
     for scope in traverse_scope(tree):
         tables = {alias.lower(): src.name.lower() for alias, src in scope.sources.items() if isinstance(src, exp.Table)}
@@ -663,7 +664,9 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
                     alias, column, spelled = home
                     same = tables.get(alias) == table
                     qualifier = col.table if same else next(a for a in scope.sources if a.lower() == alias)
-                    col.replace(exp.column(column, table=qualifier or None))
+                    name = columns_spelled.get((tables[alias], column), column)   # the schema's spelling
+                    plain = re.fullmatch(r"[a-z_][a-z0-9_]*", name) is not None   # else quoted, to keep its case
+                    col.replace(exp.column(name, table=qualifier or None, quoted=bool(col.this.quoted) or not plain))
                     strings[0].replace(exp.Literal.string(spelled))
                     changed = True
     return tree.sql(dialect=dialect) if changed else sql

@@ -455,6 +455,8 @@ def test_moving_literals_never_touches_a_right_comparison_and_only_moves_to_one_
                         checked += 1
                         if out != wrong:
                             moved += 1
+                            spelled = {col.name for tb in schema.tables for col in tb.columns}
+                            assert any(f'"{name}" = ' in out for name in spelled), out   # the schema's spelling
                             assert run_checked(wh, out, fresh_settings).df.iloc[0, 0] > 0, (wrong, out)
         assert checked > 0 and moved > 0   # every one of these databases has sibling text columns
     finally:
