@@ -48,9 +48,12 @@ class Client:
         self.timeout = timeout
 
     # --- the endpoints ------------------------------------------------------------------------
-    def ask(self, question: str, db=None, *, execute: bool = True, session: str | None = None, examples=None):
+    def ask(self, question: str, db=None, *, execute: bool = True, session: str | None = None, examples=None,
+            progress=None):
         """The server's answer as an nl2sql Answer (df rebuilt from the JSON rows; entry_id set). `examples`:
-        (question, SQL) pairs a follow-up refers to, as for Pipeline.ask; None lets the server pick."""
+        (question, SQL) pairs a follow-up refers to, as for Pipeline.ask; None lets the server pick.
+        `progress`: called with each stage's name ("schema", "link", "generate", "execute", ...) as the server
+        starts it, as Pipeline.ask does (the answer is streamed); the answer is the same."""
         from .api import Answer
         if db is not None and not isinstance(db, str):
             raise InputError("Through a server, db= is the name of one of the server's databases.",
@@ -59,7 +62,8 @@ class Client:
         payload = {"question": question, "db": db, "execute": execute, "session": session}
         if examples:
             payload["examples"] = [[q, sql] for q, sql in examples]
-        body = self._call("POST", "/v1/ask", payload)
+        body = self._call("POST", "/v1/ask", payload) if progress is None else self._streamed("/v1/ask", payload,
+                                                                                             progress)
         fields = {k: v for k, v in body.items() if k in Answer.__dataclass_fields__ and k != "df"}
         answer = Answer(**fields)
         answer.df = _frame(body.get("result"))
@@ -94,6 +98,40 @@ class Client:
         return self._call("GET", "/health")
 
     # --- HTTP -----------------------------------------------------------------------------------
+    def _streamed(self, path: str, payload: dict, progress) -> dict:
+        """POST for an NDJSON answer: progress(stage) per {"stage"} line; the {"answer"} line's body, or the error
+        of an {"error"} line raised as _call raises it. A server that answers plain JSON (one from before
+        streaming) gives its answer without stages."""
+        try:
+            with open_json(self.url + path, "POST", payload, token=self.token, timeout=self.timeout,
+                           headers={"X-Nl2SQL-Client": self.name, "Accept": "application/x-ndjson"}) as resp:
+                if "ndjson" not in resp.headers.get("Content-Type", ""):
+                    return self._parsed(resp.read())
+                for raw in resp:
+                    event = self._parsed(raw)
+                    if "stage" in event:
+                        try:
+                            progress(event["stage"])
+                        except Exception:  # noqa: BLE001 - a display callback must never fail the question
+                            pass
+                    elif "answer" in event:
+                        return event["answer"]
+                    elif "error" in event:
+                        raise _error_of(event["error"], event.get("status"), self.url)
+        except urllib.error.HTTPError as e:
+            raise _error_from(e, self.url) from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            raise _unanswered(e, self.url, self.timeout) from None
+        # the stream ended without its answer: the connection dropped (a stopped server)
+        raise _unanswered(http.client.IncompleteRead(b""), self.url, self.timeout)
+
+    def _parsed(self, raw: bytes) -> dict:
+        try:
+            return json.loads(raw.strip() or b"{}")
+        except ValueError:
+            raise ServerError(f"The server at {self.url} did not answer with JSON.",
+                              hint="Is this URL an `nl2sql serve` service?") from None
+
     def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
         try:
             raw = send_json(self.url + path, method, payload, token=self.token, timeout=self.timeout,
@@ -102,17 +140,21 @@ class Client:
             raise _error_from(e, self.url) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             raise _unanswered(e, self.url, self.timeout) from None
-        try:
-            return json.loads(raw or b"{}")
-        except ValueError:
-            raise ServerError(f"The server at {self.url} did not answer with JSON.",
-                              hint="Is this URL an `nl2sql serve` service?") from None
+        return self._parsed(raw)
 
 
 def send_json(url: str, method: str, payload: dict | None, *, token: str | None, timeout: float,
               headers: dict | None = None, max_bytes: int | None = None) -> bytes:
     """One JSON request with a bearer token; the response body (at most max_bytes + 1 bytes are read, so a caller
     can refuse a larger one). urllib's errors propagate: each caller says what they mean for its server."""
+    with open_json(url, method, payload, token=token, timeout=timeout, headers=headers) as resp:
+        return resp.read() if max_bytes is None else resp.read(max_bytes + 1)
+
+
+def open_json(url: str, method: str, payload: dict | None, *, token: str | None, timeout: float,
+              headers: dict | None = None):
+    """send_json's request, its response left open to be read (a stream of lines); `headers` may replace
+    Accept."""
     data = json.dumps(payload).encode() if payload is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Accept", "application/json")
@@ -122,8 +164,7 @@ def send_json(url: str, method: str, payload: dict | None, *, token: str | None,
         req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read() if max_bytes is None else resp.read(max_bytes + 1)
+    return urllib.request.urlopen(req, timeout=timeout)
 
 
 def _checked_url(url) -> str:
@@ -169,11 +210,18 @@ def _error_from(e, url: str) -> Nl2SqlError:
         body = json.loads(e.read() or b"{}")
     except ValueError:
         body = {}
-    message = body.get("error") or f"The server at {url} answered HTTP {e.code}."
+    return _error_of(body, e.code, url, e.headers.get("Retry-After"))
+
+
+def _error_of(body: dict, code: int | None, url: str, retry_after: str | None = None) -> Nl2SqlError:
+    """The error of the server's error JSON (an error response, or a streamed answer's error line)."""
+    if not isinstance(body, dict):
+        body = {}
+    message = body.get("error") or f"The server at {url} answered HTTP {code}."
     hint = body.get("hint")
-    if e.code == 429 and e.headers.get("Retry-After"):
-        hint = hint or f"Retry in {e.headers['Retry-After']} s."
-    if e.code == 404 and not body.get("error_type"):
+    if code == 429 and retry_after:
+        hint = hint or f"Retry in {retry_after} s."
+    if code == 404 and not body.get("error_type"):
         hint = "Is this URL an `nl2sql serve` service?"
     cls = getattr(errors, body.get("error_type") or "", None)
     if body.get("error_type") == "ServerStopping":  # it dropped the request while stopping
@@ -181,7 +229,7 @@ def _error_from(e, url: str) -> Nl2SqlError:
     if not (isinstance(cls, type) and issubclass(cls, Nl2SqlError)):
         cls = ServerError
     err = cls(message, hint=hint)
-    err.status = e.code
+    err.status = code
     return err
 
 

@@ -9,7 +9,8 @@ Same Settings and the same guarded path as the library: `/v1/ask` runs `Pipeline
   - a request size limit (413) and a per-client rate limit (429 with Retry-After);
   - databases by name only (NL2SQL_SERVE_DATABASES): a client cannot make the server open a URL or a file;
   - a client that disconnects mid-answer cancels its work (its rows leave the batch) and nothing is logged;
-    an answer is logged in one transaction once it is complete, with the client that asked.
+    an answer is logged in one transaction once it is complete, with the client that asked;
+  - `/v1/ask` streamed on request (NDJSON): each stage's name as it starts, then the same answer.
 Errors come back as JSON {error, error_type, hint}; the client raises the same Nl2SqlError subclass.
 """
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations, whose models are local
@@ -17,9 +18,11 @@ import asyncio
 import contextvars
 import dataclasses
 import hmac
+import importlib
 import ipaddress
 import json
 import math
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +41,8 @@ _OPEN_PATHS = {"/health", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-re
 
 def _require_fastapi():
     try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
+        for name in ("fastapi", "uvicorn"):
+            importlib.import_module(name)
     except ImportError:
         raise ConfigError("`nl2sql serve` needs FastAPI and uvicorn.", hint='pip install "nl2sql[serve]"') from None
 
@@ -269,6 +272,17 @@ def _status(e: Nl2SqlError) -> int:
     return 400
 
 
+def _error_body(e: Nl2SqlError) -> dict:
+    """The JSON of an error response; a streamed answer's error line carries the same."""
+    return {"error": e.message, "error_type": type(e).__name__, "hint": e.hint}
+
+
+async def _chain(first, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
 def _frame(df) -> dict | None:
     if df is None:
         return None
@@ -281,8 +295,9 @@ def create_app(settings: Settings | None = None, *, generator=None):
     configured model is loaded on the first question and shared through a BatchingGenerator."""
     _require_fastapi()
     from fastapi import FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from pydantic import BaseModel, Field
 
     from . import executor as execute_mod
@@ -327,8 +342,7 @@ def create_app(settings: Settings | None = None, *, generator=None):
 
     @app.exception_handler(Nl2SqlError)
     async def nl2sql_error(request: Request, e: Nl2SqlError):
-        return JSONResponse({"error": e.message, "error_type": type(e).__name__, "hint": e.hint},
-                            status_code=_status(e))
+        return JSONResponse(_error_body(e), status_code=_status(e))
 
     @app.exception_handler(RequestValidationError)
     async def malformed_body(request: Request, e: RequestValidationError):
@@ -349,9 +363,12 @@ def create_app(settings: Settings | None = None, *, generator=None):
                             hint="Name one of those, or ask the administrator to add it to NL2SQL_SERVE_DATABASES.")
         return name, databases[name]
 
-    async def run(request: Request, fn):
-        """fn() in a worker thread under a cancel scope; the scope is set when the client disconnects or the
-        server stops, so the question's rows leave the batch."""
+    async def watch(request: Request, fn, stages: "queue.SimpleQueue | None" = None):
+        """Run fn() in a worker thread under a cancel scope and yield, in order: ("stage", name) for each name the
+        work puts on `stages` (the streamed /v1/ask), then ("done", fn's result), or ("gone", None) when the
+        client disconnected. fn's errors are raised. The one place a disconnect is noticed: the scope is set when
+        the client leaves, when the server stops, or when the caller stops reading, so the question's rows leave
+        the batch."""
         event = threading.Event()
         ctx = contextvars.copy_context()
 
@@ -362,8 +379,11 @@ def create_app(settings: Settings | None = None, *, generator=None):
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=0.05)
+                while stages is not None and not stages.empty():  # all of them before the answer
+                    yield "stage", stages.get_nowait()
                 if done:
-                    return task.result()
+                    yield "done", task.result()
+                    return
                 if await request.is_disconnected():
                     event.set()
                     metrics.cancelled += 1
@@ -371,11 +391,22 @@ def create_app(settings: Settings | None = None, *, generator=None):
                         await task
                     except (RequestCancelled, Exception):
                         pass
-                    return None
+                    yield "gone", None
+                    return
         except asyncio.CancelledError:  # the server is stopping and its grace period is over: stop the work too,
             event.set()                 # and tell the client so (not a bare 500), before the connection closes
             raise ServerStopping("The nl2sql server is stopping (shut down or restarted) and dropped this request "
                                  "before its answer; nothing was logged.", hint="Retry in a moment.") from None
+        finally:
+            if not task.done():  # closed unfinished (a stream's response was torn down): the work stops too
+                event.set()
+
+    async def run(request: Request, fn):
+        """fn()'s result, or None when the client disconnected (its work cancelled: see watch)."""
+        out = None
+        async for kind, value in watch(request, fn):
+            out = value if kind == "done" else None
+        return out
 
     class AskBody(BaseModel):
         question: str = Field(description="The question, in words.")
@@ -385,6 +416,9 @@ def create_app(settings: Settings | None = None, *, generator=None):
         examples: list[tuple[str, str]] | None = Field(
             None, description="A follow-up: the [question, SQL] pairs it refers to, shown to the model (the app's "
                               "thread). Omitted: the database's verified pairs most like the question.")
+        stream: bool = Field(False, description="Stream the answer as NDJSON (as does Accept: application/x-ndjson): "
+                                                '{"stage": name} as each stage starts, then {"answer": the usual '
+                                                'body} or {"error": the usual error, "status": its HTTP status}.')
 
     class ExecuteBody(BaseModel):
         sql: str = Field(description="One read-only SELECT in the database's dialect.")
@@ -431,14 +465,18 @@ def create_app(settings: Settings | None = None, *, generator=None):
 
     @app.post("/v1/ask")
     async def ask(body: AskBody, request: Request):
-        """Answer a question: SQL in the database's dialect, its rows, and the entry id feedback refers to."""
+        """Answer a question: SQL in the database's dialect, its rows, and the entry id feedback refers to.
+        Streamed (`stream`, or Accept: application/x-ndjson): each stage's name as it starts, then the answer."""
         name, db = resolve_db(body.db)
         who = client_name(request)
         context = follow_up_context(body.examples)
+        stream = body.stream or "application/x-ndjson" in request.headers.get("accept", "")
+        stages = queue.SimpleQueue() if stream else None
 
         def work():
             t0 = time.perf_counter()
-            a = pipe.ask(body.question, db, execute=body.execute, examples=context, session=body.session)
+            a = pipe.ask(body.question, db, execute=body.execute, examples=context, session=body.session,
+                         progress=stages.put if stages is not None else None)
             check_cancelled()  # the client left: nothing goes to the log
             latency = time.perf_counter() - t0
             # the log names the database as the app does (querylog.db_key), so its corrections are retrieved as
@@ -451,17 +489,63 @@ def create_app(settings: Settings | None = None, *, generator=None):
                                answered_by=a.answered_by, attempts=a.attempts)
             metrics.answered(latency)
             return a, entry
+
+        def reply(out):
+            a, entry = out
+            fields = {f.name: getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "df"}
+            return {**fields, "db": name, "result": _frame(a.df), "entry_id": entry}
+        if stream:
+            return await streamed(request, work, stages, reply)
         metrics.in_flight += 1
         try:
             out = await run(request, work)
         finally:
             metrics.in_flight -= 1
         if out is None:
-            return JSONResponse({"error": "The client disconnected.", "error_type": "RequestCancelled"},
-                                status_code=499)
-        a, entry = out
-        fields = {f.name: getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "df"}
-        return {**fields, "db": name, "result": _frame(a.df), "entry_id": entry}
+            return _disconnected()
+        return reply(out)
+
+    def _disconnected():
+        return JSONResponse({"error": "The client disconnected.", "error_type": "RequestCancelled"}, status_code=499)
+
+    class _Lines(StreamingResponse):
+        """NDJSON whose client disconnect only watch() notices: Starlette's own listener would take the same
+        disconnect and cancel the stream under watch(), which would read as a stopping server."""
+        media_type = "application/x-ndjson"
+
+        async def __call__(self, scope, receive, send):
+            await self.stream_response(send)
+
+    async def streamed(request: Request, work, stages, reply):
+        """The streamed /v1/ask. What fails before the first stage (an unusable question) is the usual error
+        response, status and all; later errors are an error line, since the 200 has gone out."""
+        events = watch(request, work, stages)
+        metrics.in_flight += 1
+        try:
+            first = await anext(events)
+        except BaseException:
+            metrics.in_flight -= 1
+            raise
+        if first[0] == "gone":
+            metrics.in_flight -= 1
+            return _disconnected()
+
+        def line(obj) -> bytes:
+            return json.dumps(obj).encode() + b"\n"
+
+        async def lines():
+            try:
+                async for kind, value in _chain(first, events):
+                    if kind == "stage":
+                        yield line({"stage": value})
+                    elif kind == "done":  # the very bytes the non-streamed endpoint answers with
+                        yield b'{"answer":' + JSONResponse(jsonable_encoder(reply(value))).body + b"}\n"
+            except Nl2SqlError as e:
+                yield line({"error": _error_body(e), "status": _status(e)})
+            finally:
+                metrics.in_flight -= 1
+                await events.aclose()  # unfinished (the response torn down): its work is cancelled
+        return _Lines(lines())
 
     @app.post("/v1/execute")
     async def execute(body: ExecuteBody, request: Request):
@@ -469,8 +553,7 @@ def create_app(settings: Settings | None = None, *, generator=None):
         name, db = resolve_db(body.db)
         result = await run(request, lambda: execute_mod.run_checked(pipe.warehouse(db), body.sql, settings))
         if result is None:
-            return JSONResponse({"error": "The client disconnected.", "error_type": "RequestCancelled"},
-                                status_code=499)
+            return _disconnected()
         return {"sql": result.sql, "result": _frame(result.df), "truncated": result.truncated,
                 "seconds": round(result.seconds, 4), "db": name}
 
@@ -525,8 +608,7 @@ def create_app(settings: Settings | None = None, *, generator=None):
             return results, gen.adapter_name
         out = await run(request, work)
         if out is None:
-            return JSONResponse({"error": "The client disconnected.", "error_type": "RequestCancelled"},
-                                status_code=499)
+            return _disconnected()
         return completion_json(settings.model, out[0], req, out[1])
 
     app.state.pipeline = pipe

@@ -381,3 +381,125 @@ def test_tokens_stay_out_of_the_settings_repr(srv_settings):
     s = srv_settings.replace(escalate_api_key="k-escalate-secret")
     assert s.api_token == TOKEN and TOKEN not in repr(s) and "k-escalate-secret" not in repr(s)
     assert "query_log=" in repr(s)   # the rest is still there
+
+
+# --- the streamed /v1/ask (NDJSON: each stage as it starts, then the answer) ---------------------------------
+
+def post(url, payload, token=TOKEN, headers=None):
+    """POST JSON with urllib: (status, content type, body bytes), HTTP errors included."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {}),
+                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read()
+
+
+def stream_lines(url, payload, headers=None):
+    """The streamed answer's lines as they arrive: [(seconds since the request, parsed line)]."""
+    import urllib.request
+    req = urllib.request.Request(url + "/v1/ask", data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}",
+                                          **(headers or {})})
+    t0 = time.monotonic()
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("application/x-ndjson")
+        return [(time.monotonic() - t0, json.loads(line)) for line in r]
+
+
+def in_process_stages(settings, question):
+    from nl2sql.api import Pipeline
+    stages = []
+    Pipeline(settings, generator=ScriptedGenerator([COUNT])).ask(question, progress=stages.append)
+    return stages
+
+
+def test_streamed_ask_sends_each_stage_as_it_starts_then_the_same_answer(srv_settings, live):
+    from nl2sql.client import Client
+    question = "How many customers are there?"
+    url = live(srv_settings, SlowScripted([COUNT], seconds=1.0))   # the model takes a second to write
+    lines = stream_lines(url, {"question": question, "stream": True}, headers={"X-Nl2SQL-Client": "ana@laptop"})
+    *stages, (answered_at, last) = lines
+    expected = in_process_stages(srv_settings, question)   # the stages Pipeline.ask reports in process, in order
+    assert [line for _, line in stages] == [{"stage": s} for s in expected]
+    assert expected[0] == "schema" and expected.index("generate") < expected.index("execute")
+    generate_at = next(t for t, line in stages if line == {"stage": "generate"})
+    assert answered_at - generate_at > 0.8   # sent when the model began, not with the answer
+    streamed = last["answer"]
+    status, kind, plain = post(url + "/v1/ask", {"question": question})   # the non-streamed form
+    assert status == 200 and kind == "application/json"
+    plain = json.loads(plain)
+    assert plain["entry_id"] == streamed["entry_id"] + 1
+
+    def same(body):
+        return {k: v for k, v in body.items() if k not in ("entry_id", "timings")}
+    assert same(streamed) == same(plain) and set(streamed["timings"]) == set(plain["timings"])
+    first, second = QueryLog(srv_settings.query_log_path).entries()   # both logged, the streamed one with its client
+    assert first["id"] == streamed["entry_id"] and first["client"].startswith("ana@laptop@")
+    assert (first["question"], first["sql"], first["executed"]) == (second["question"], second["sql"], 1)
+    # Accept: application/x-ndjson asks for the same stream
+    lines = stream_lines(url, {"question": question}, headers={"Accept": "application/x-ndjson"})
+    assert [line for _, line in lines[:-1]] == [{"stage": s} for s in expected] and "answer" in lines[-1][1]
+    # the client: progress(stage) per stage, and the same Answer as without it
+    seen = []
+    client = Client(url, token=TOKEN)
+    a = client.ask(question, progress=seen.append)
+    b = client.ask(question)
+    assert seen == expected
+    assert (a.sql, a.model, a.db, a.df.to_dict()) == (b.sql, b.model, b.db, b.df.to_dict())
+    assert b.entry_id == a.entry_id + 1
+
+
+def test_streamed_ask_keeps_every_guard_and_errors_match(srv_settings, live):
+    from nl2sql.client import Client
+    from nl2sql.errors import ConfigError
+    url = live(srv_settings.replace(serve_requests_per_minute=6), ScriptedGenerator([COUNT]))
+    streamed = {"Accept": "application/x-ndjson"}
+    status, _, body = post(url + "/v1/ask", {"question": "How many customers?", "stream": True}, token=None)
+    assert status == 401 and "NL2SQL_API_TOKEN" in json.loads(body)["hint"]
+    with pytest.raises(ConfigError, match="token"):
+        Client(url, token="wrong").ask("How many customers?", progress=print)
+    # a database outside the list, and an unusable question: the same status and bytes in both forms
+    for payload, code, hint in (({"question": "How many customers?", "db": "/etc/passwd"}, 403, "NL2SQL_SERVE_DATABASES"),
+                                ({"question": "  "}, 422, "e.g.")):
+        plain = post(url + "/v1/ask", payload)
+        assert plain[0] == code and hint in json.loads(plain[2])["hint"]
+        assert post(url + "/v1/ask", {**payload, "stream": True}) == plain
+        assert post(url + "/v1/ask", payload, headers=streamed) == plain
+    # six requests so far (a 401 takes none of the client's rate): the seventh in the minute is refused
+    status, _, body = post(url + "/v1/ask", {"question": "How many customers?", "stream": True})
+    assert status == 429 and "NL2SQL_SERVE_REQUESTS_PER_MINUTE" in json.loads(body)["hint"]
+    assert QueryLog(srv_settings.query_log_path).entries() == []
+
+
+def test_a_streamed_request_over_the_size_limit_is_413(srv_settings):
+    c = client_for(srv_settings.replace(serve_max_request_bytes=2000), [COUNT])
+    r = c.post("/v1/ask", json={"question": "x" * 5000, "stream": True}, headers=auth())
+    assert r.status_code == 413 and "NL2SQL_SERVE_MAX_REQUEST_BYTES" in r.json()["hint"]
+    assert QueryLog(srv_settings.query_log_path).entries() == []
+
+
+def test_a_client_that_disconnects_mid_stream_cancels_its_work_and_nothing_is_logged(srv_settings, live):
+    gen = SlowScripted([COUNT], seconds=10)   # 'for ever', unless cancelled
+    url = live(srv_settings, gen)
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"question": "How many customers are there?", "stream": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(10)
+    sock.sendall(b"POST /v1/ask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    received = b""
+    while b'{"stage": "generate"}' not in received:   # the stream has begun: the model is writing
+        received += sock.recv(4096)
+    assert received.startswith(b"HTTP/1.1 200") and gen.started.is_set()
+    sock.close()                      # the analyst closed the notebook
+    assert gen.cancelled.wait(10)     # the work stopped well before its 10 s
+    time.sleep(0.2)
+    assert QueryLog(srv_settings.query_log_path).entries() == []
+    metrics = urllib_get(url + "/metrics")
+    assert "nl2sql_asks_cancelled_total 1" in metrics and "nl2sql_asks_in_flight 0" in metrics
+

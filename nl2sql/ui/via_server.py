@@ -41,8 +41,9 @@ class ServerPipeline:
     def warehouse(self, db):
         return None
 
-    def ask(self, question, db, *, examples=None, session=None):
-        return self.client.ask(question, db, session=session, examples=examples)
+    def ask(self, question, db, *, examples=None, session=None, progress=None):
+        """`progress` as for Pipeline.ask: the server streams each stage's name (the app's status line)."""
+        return self.client.ask(question, db, session=session, examples=examples, progress=progress)
 
     def execute(self, db, sql):
         return self.client.execute(sql, db)
