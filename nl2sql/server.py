@@ -10,7 +10,8 @@ Same Settings and the same guarded path as the library: `/v1/ask` runs `Pipeline
   - databases by name only (NL2SQL_SERVE_DATABASES): a client cannot make the server open a URL or a file;
   - a client that disconnects mid-answer cancels its work (its rows leave the batch) and nothing is logged;
     an answer is logged in one transaction once it is complete, with the client that asked;
-  - `/v1/ask` streamed on request (NDJSON): each stage's name as it starts, then the same answer.
+  - `/v1/ask` streamed on request (NDJSON): each stage's name as it starts, then the same answer;
+  - a corrected SQL sent as feedback is checked against its answer's database before it is written.
 Errors come back as JSON {error, error_type, hint}; the client raises the same Nl2SqlError subclass.
 """
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations, whose models are local
@@ -557,13 +558,52 @@ def create_app(settings: Settings | None = None, *, generator=None):
         return {"sql": result.sql, "result": _frame(result.df), "truncated": result.truncated,
                 "seconds": round(result.seconds, 4), "db": name}
 
+    def no_entry(entry_id) -> InputError:
+        return InputError(f"The query log has no answer {entry_id}.",
+                          hint="Send the entry_id that /v1/ask returned with the answer.")
+
+    def checked_correction(entry_id: int, sql: str) -> str:
+        """A corrected SQL as it is kept: checked against its entry's database by the validator that checks the
+        model's SQL (one read-only query over that schema's names, reading a table), in that database's dialect,
+        and kept as checked (as `nl2sql examples import` keeps its pairs). The examples and training read it
+        later, so a bad one is refused now, with what is wrong."""
+        import sqlite3
+
+        from .validate import validate
+        # one row, read as the example store reads the log (the QueryLog API lists every entry)
+        con = sqlite3.connect(f"file:{log.path}?mode=ro", uri=True, timeout=30)
+        try:
+            row = con.execute("SELECT db, dialect FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        finally:
+            con.close()
+        if row is None:
+            raise no_entry(entry_id)
+        served = {db_key(target): (name, target) for name, target in databases.items()}
+        if row[0] not in served:  # an answer logged on a database this server does not serve (a shared log)
+            raise Forbidden(f"Answer {entry_id} was asked on a database this server does not serve, so its "
+                            "corrected SQL cannot be checked here.", hint="Correct it where it was asked.")
+        name, target = served[row[0]]
+        schema = pipe.schema(target)
+        try:
+            checked = validate(sql, schema, read=row[1] or schema.dialect, max_chars=settings.max_sql_chars,
+                               settings=settings)
+            if not checked.tables:
+                raise ValidationError("The SQL reads no table, so it cannot answer a question about the data.")
+        except Nl2SqlError as e:
+            raise InputError(f"The corrected SQL for answer {entry_id} was not saved: {e.message}",
+                             hint=f"{e.hint + ' ' if e.hint else ''}Send one read-only SELECT over the tables and "
+                                  f"columns of {name} (GET /v1/schema?db={name}), in its dialect.") from None
+        return checked.sql
+
     @app.post("/v1/feedback")
     def feedback(body: FeedbackBody):
         if body.rating not in (None, 1, -1):
             raise InputError("rating must be 1 or -1.", hint="Send 1 for a good answer, -1 for a wrong one.")
-        if not log.feedback(body.entry_id, rating=body.rating, comment=body.comment, corrected_sql=body.corrected_sql):
-            raise InputError(f"The query log has no answer {body.entry_id}.",
-                             hint="Send the entry_id that /v1/ask returned with the answer.")
+        corrected = body.corrected_sql
+        if corrected is not None:
+            corrected = checked_correction(body.entry_id, corrected)
+        if not log.feedback(body.entry_id, rating=body.rating, comment=body.comment, corrected_sql=corrected):
+            raise no_entry(body.entry_id)
         return {"ok": True, "entry_id": body.entry_id}
 
     @app.get("/v1/schema")

@@ -503,3 +503,36 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_work_and_nothing_is_lo
     metrics = urllib_get(url + "/metrics")
     assert "nl2sql_asks_cancelled_total 1" in metrics and "nl2sql_asks_in_flight 0" in metrics
 
+
+# --- a corrected SQL is checked against its answer's database before it is written -------------------------
+
+@pytest.mark.parametrize("bad,why", [
+    ("DELETE FROM customers", "read-only"),
+    ("SELECT COUNT(*) FROM customers; DROP TABLE customers", "one statement"),
+    ("SELECT COUNT(*) FROM customers WHERE no_such_column = 1", "no_such_column"),
+    ("SELECT 1", "reads no table"),
+])
+def test_a_corrected_sql_that_is_not_one_read_only_query_over_the_schema_is_refused(srv_settings, bad, why):
+    c = client_for(srv_settings, [COUNT])
+    entry = c.post("/v1/ask", json={"question": "How many customers are there?"}, headers=auth()).json()["entry_id"]
+    before = QueryLog(srv_settings.query_log_path).entries()
+    r = c.post("/v1/feedback", json={"entry_id": entry, "rating": -1, "corrected_sql": bad}, headers=auth())
+    assert r.status_code == 422 and r.json()["error_type"] == "InputError", r.text
+    assert f"answer {entry} was not saved" in r.json()["error"] and why in r.json()["error"]
+    assert "/v1/schema?db=demo" in r.json()["hint"]
+    assert QueryLog(srv_settings.query_log_path).entries() == before   # nothing written, not even the rating
+
+
+def test_a_valid_correction_is_stored_as_checked(srv_settings, live):
+    from nl2sql.client import Client
+    from nl2sql.errors import InputError
+    client = Client(live(srv_settings, ScriptedGenerator([COUNT])), token=TOKEN)
+    a = client.ask("How many consumer customers are there?")
+    fixed = "select count(*) from customers where segment = 'Consumer'"
+    with pytest.raises(InputError, match="not saved"):      # the client raises the server's InputError
+        client.feedback(a.entry_id, corrected_sql="UPDATE customers SET segment = 'x'")
+    client.feedback(a.entry_id, rating=-1, corrected_sql=fixed)
+    [e] = QueryLog(srv_settings.query_log_path).entries()
+    assert e["corrected_sql"] == "SELECT COUNT(*) FROM customers WHERE segment = 'Consumer'" and e["rating"] == -1
+    with pytest.raises(InputError, match="no answer 424242"):
+        client.feedback(424242, corrected_sql=fixed)
