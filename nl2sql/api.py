@@ -300,7 +300,7 @@ class Pipeline:
                                           hint="Rephrase the question to name what to count, list or compare.")
                 if q.index is not None and self.settings.snap_literals:
                     from .values import snap_literals
-                    out.sql = snap_literals(out.sql, schema.dialect, q.index, schema)
+                    out.sql = snap_literals(out.sql, schema.dialect, q.index, schema, q.question, q.value_hints)
             if q.execute:
                 with q.timer("execute"):
                     result = execute_mod.run_checked(self.warehouse(q.db), out.sql, self.settings)

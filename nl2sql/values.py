@@ -607,14 +607,19 @@ def _clean_name(name: str) -> str:
 SNAP_MIN_SCORE = 88.0  # fuzz.ratio of the normalised forms needed to replace a literal with a stored value
 
 
-def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
+def snap_literals(sql: str, dialect: str, index: ValueIndex, schema, question: str | None = None,
+                  hints=()) -> str:
     """Replace string literals compared (=, !=, IN) with a text column by the column's own spelling of them.
 
     'france' -> 'France', 'Aberdeen' -> 'Aberdeen ' (the stored value has the space), 'Cafe' -> 'Café'.
     A literal the column already holds is left alone; so is everything when the column is not in the index.
-    A literal like none of the column's values, when the index read all of them, is moved to the one column of
-    a table in scope that does hold it ("subcategory = 'Home'" -> "category = 'Home'" when only category has
-    'Home'): a small model often picks a sibling column, and the comparison could only ever be empty.
+    Two more rewrites, each only where the comparison as written would be empty or is not what was asked:
+      - a literal like none of the column's values, when the index read all of them, is moved to the one column
+        of a table in scope that does hold it ("subcategory = 'Home'" -> "category = 'Home'");
+      - given the `question` and its value `hints` (link_values), a literal the question never mentions is
+        replaced by the value the question does mention for that column, else moved to the one column in scope
+        the question names a value of (a small model copies sample values from the schema in its prompt:
+        "category = 'Electronics'" for "How many products are in the Home category?").
     Works on the validated SQL; the guarded executor checks the result again.
 
     >>> idx = ValueIndex.from_values("x", {("cars", "make"): ["Ford", "Toyota"]})
@@ -626,6 +631,9 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
     >>> s = Schema("x", "sqlite", (Table("cars", (Column("make", "TEXT"), Column("colour", "TEXT"))),))
     >>> snap_literals("SELECT COUNT(*) FROM cars WHERE make = 'red'", "sqlite", idx, s)
     "SELECT COUNT(*) FROM cars WHERE colour = 'Red'"
+    >>> q = "How many blue cars are there?"
+    >>> snap_literals("SELECT COUNT(*) FROM cars WHERE colour = 'Red'", "sqlite", idx, s, q, link_values(q, idx))
+    "SELECT COUNT(*) FROM cars WHERE colour = 'Blue'"
     """
     import sqlglot
     from sqlglot import exp
@@ -640,15 +648,27 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
     values_of = {(t.lower(), c.lower()): v for (t, c), v in index.values.items()}
     capped = {(t.lower(), c.lower()) for t, c in index.capped}
     columns_spelled = {(t.name.lower(), c.name.lower()): c.name for t in schema.tables for c in t.columns}
+    asked = _Asked(question, hints, sql) if question else None
     changed = False
     for scope in traverse_scope(tree):
         tables = {alias.lower(): src.name.lower() for alias, src in scope.sources.items() if isinstance(src, exp.Table)}
+
+        def move(col, lit, table, alias, column, value):
+            """col (of `table`) = lit becomes alias.column = value (alias: a table in scope, as the query spells it)."""
+            same = tables[alias] == table
+            qualifier = col.table if same else next(a for a in scope.sources if a.lower() == alias)
+            name = columns_spelled.get((tables[alias], column), column)   # the schema's spelling
+            plain = re.fullmatch(r"[a-z_][a-z0-9_]*", name) is not None   # else quoted, to keep its case
+            col.replace(exp.column(name, table=qualifier or None, quoted=bool(col.this.quoted) or not plain))
+            lit.replace(exp.Literal.string(value))
+
         for node in scope.expression.find_all(exp.EQ, exp.NEQ, exp.In):
             col = node.this if isinstance(node.this, exp.Column) else node.expression
             if not isinstance(col, exp.Column):
                 continue
             table = _column_table(col, tables, columns_of)
-            stored = values_of.get((table, col.name.lower())) if table else None
+            key = (table, col.name.lower())
+            stored = values_of.get(key) if table else None
             if not stored:
                 continue
             literals = node.expressions if isinstance(node, exp.In) else [node.expression, node.this]
@@ -658,18 +678,64 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema) -> str:
                 if better is not None and better != lit.this:
                     lit.replace(exp.Literal.string(better))
                     changed = True
-            if len(strings) == 1 and _closest(strings[0].this, stored) is None and (table, col.name.lower()) not in capped:
-                home = _home_of(strings[0].this, tables, values_of, skip=(table, col.name.lower()))
+            if len(strings) != 1 or isinstance(node, exp.In):
+                continue
+            lit = strings[0]
+            if asked is not None and not asked.mentions(lit.this):
+                mine = asked.values_for(key)
+                if len(mine) == 1:
+                    lit.replace(exp.Literal.string(mine[0]))
+                    changed = True
+                    continue
+                elsewhere = asked.values_in(tables, skip=key)
+                if not mine and len(elsewhere) == 1:
+                    move(col, lit, table, *elsewhere[0])
+                    changed = True
+                    continue
+            if _closest(lit.this, stored) is None and key not in capped:
+                home = _home_of(lit.this, tables, values_of, skip=key)
                 if home is not None:
-                    alias, column, spelled = home
-                    same = tables.get(alias) == table
-                    qualifier = col.table if same else next(a for a in scope.sources if a.lower() == alias)
-                    name = columns_spelled.get((tables[alias], column), column)   # the schema's spelling
-                    plain = re.fullmatch(r"[a-z_][a-z0-9_]*", name) is not None   # else quoted, to keep its case
-                    col.replace(exp.column(name, table=qualifier or None, quoted=bool(col.this.quoted) or not plain))
-                    strings[0].replace(exp.Literal.string(spelled))
+                    move(col, lit, table, *home)
                     changed = True
     return tree.sql(dialect=dialect) if changed else sql
+
+
+class _Asked:
+    """What the question says about values: the words it uses, and the values link_values found in it."""
+
+    STRONG = 95.0   # a hint this sure may move a comparison to another column
+
+    def __init__(self, question: str, hints, sql: str):
+        self.words = normalize(question).split()
+        self.hints = list(hints)
+        self.in_sql = normalize(sql)
+
+    def mentions(self, literal: str) -> bool:
+        """The question spells the literal, or a close form of each of its words ('dogs' for 'dog'), or the
+        linker found it there. Numbers and unreadable literals count as mentioned: they are never replaced."""
+        words = normalize(literal).split()
+        if not words or re.fullmatch(r"[\d\s.,:/+-]+", literal):
+            return True
+        if any(h.value == literal for h in self.hints):
+            return True
+        return all(any(q == w or (min(len(q), len(w)) >= 3 and (q.startswith(w) or w.startswith(q)))
+                       for q in self.words) for w in words)
+
+    def _unused(self, h) -> bool:
+        return f" {normalize(h.value)} " not in f" {self.in_sql} "   # not compared elsewhere in the query already
+
+    def values_for(self, key: tuple) -> list[str]:
+        return sorted({h.value for h in self.hints if (h.table.lower(), h.column.lower()) == key and self._unused(h)})
+
+    def values_in(self, tables: dict, skip: tuple) -> list[tuple[str, str, str]]:
+        """(alias, column, value) of the strong hints on tables in scope (one alias per table), other than `skip`."""
+        alias_of: dict[str, list[str]] = {}
+        for alias, table in tables.items():
+            alias_of.setdefault(table, []).append(alias)
+        found = {(alias_of[h.table.lower()][0], h.column.lower(), h.value) for h in self.hints
+                 if h.score >= self.STRONG and len(alias_of.get(h.table.lower(), ())) == 1
+                 and (h.table.lower(), h.column.lower()) != skip and self._unused(h)}
+        return sorted(found)
 
 
 def _home_of(literal: str, tables: dict, values_of: dict, skip: tuple) -> tuple | None:

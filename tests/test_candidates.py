@@ -18,7 +18,7 @@ def _pipe(settings, *outputs, **changes):
 def test_the_result_most_candidates_agree_on_wins(settings, any_db):
     # two spellings of the same query agree; the likelier single candidate loses to them
     a = _pipe(settings, [(NOBODY, -0.1), (FRANCE, -0.5), (FRANCE.replace("name", "Name"), -0.7)],
-              candidates=3).ask("Which singers are from France?", any_db)
+              candidates=3).ask("Which singers do we have?", any_db)   # names no value (see the next tests)
     assert a.ok and a.agreement == 2 and a.candidates == 3
     assert "France" in a.sql and len(a.df) > 0
 
@@ -47,7 +47,7 @@ def test_a_candidate_that_times_out_loses_but_others_still_vote(settings, sqlite
 
 def test_without_execution_candidates_agree_by_sql(settings, sqlite_db):
     a = _pipe(settings, [(NOBODY, -0.1), (FRANCE, -0.5), (FRANCE, -0.6)], candidates=3).ask(
-        "Which singers are from France?", str(sqlite_db), execute=False)
+        "Which singers do we have?", str(sqlite_db), execute=False)
     assert a.ok and a.df is None and a.agreement == 2 and "France" in a.sql
 
 
@@ -63,6 +63,21 @@ def test_literals_unlike_any_value_are_left_alone(settings, any_db):
     off = _pipe(settings, "SELECT name FROM singer WHERE country = 'france'", snap_literals=False)
     a = off.ask("Singers from France?", any_db)
     assert "'france'" in a.sql
+
+
+def test_a_value_the_question_never_mentions_gives_way_to_the_one_it_does(settings, any_db):
+    # a small model copies a value it saw in the prompt; the question names another value of that column
+    a = _pipe(settings, NOBODY).ask("Which singers are from France?", any_db)
+    assert a.ok and "'France'" in a.sql and "'Atlantis'" not in a.sql and len(a.df) > 0
+    # ... or of another column of the table: the comparison moves there
+    a = _pipe(settings, "SELECT COUNT(*) FROM singer WHERE name = 'Atlantis'").ask("How many singers from France?",
+                                                                                  any_db)
+    assert a.ok and "country = 'france'" in a.sql.lower().replace('"', "").replace("`", "") and int(a.df.iloc[0, 0]) > 0
+    # a value the question does say is kept, even when the column holds none like it
+    a = _pipe(settings, NOBODY).ask("Which singers are from Atlantis or France?", any_db)
+    assert "'Atlantis'" in a.sql
+    off = _pipe(settings, NOBODY, snap_literals=False).ask("Which singers are from France?", any_db)
+    assert "'Atlantis'" in off.sql
 
 
 def test_sql_that_reads_no_table_is_no_answer(settings, sqlite_db):

@@ -461,3 +461,58 @@ def test_moving_literals_never_touches_a_right_comparison_and_only_moves_to_one_
         assert checked > 0 and moved > 0   # every one of these databases has sibling text columns
     finally:
         wh.close()
+
+
+def test_the_questions_values_restore_a_swapped_literal_and_almost_never_touch_right_sql():
+    """The question-aware rewrite (a literal the question never mentions) must leave right SQL alone, and put back
+    the question's value where a sibling value of the same column was written instead. Spider ships
+    no databases for its training questions, so each training database's index holds the literals its training
+    queries compare with each column (the value is always there: the strictest case for the rewrite)."""
+    from collections import defaultdict
+    from pathlib import Path
+
+    import sqlglot
+    from sqlglot import exp
+
+    from nl2sql.schema import from_spider
+    from nl2sql.values import snap_literals
+    spider = Path(__file__).resolve().parents[2] / "shared" / "data" / "spider"
+    schemas = {e["db_id"]: from_spider(e) for e in json.loads((spider / "tables.json").read_text())}
+    pairs, values = [], defaultdict(lambda: defaultdict(set))
+    for e in json.loads((spider / "train_spider.json").read_text()):
+        try:
+            tree = sqlglot.parse_one(e["query"], read="mysql")   # Spider quotes strings with "..."
+        except sqlglot.errors.SqlglotError:
+            continue
+        found = []
+        for scope in sqlglot.optimizer.scope.traverse_scope(tree):
+            tables = {a.lower(): s.name.lower() for a, s in scope.sources.items() if isinstance(s, exp.Table)}
+            for node in scope.expression.find_all(exp.EQ):
+                col, lit = node.this, node.expression
+                if isinstance(col, exp.Column) and isinstance(lit, exp.Literal) and lit.is_string:
+                    table = tables.get(col.table.lower()) if col.table else (next(iter(tables.values()))
+                                                                            if len(tables) == 1 else None)
+                    if table:
+                        values[e["db_id"]][(table, col.name.lower())].add(lit.this)
+                        found.append((table, col.name.lower(), lit.this))
+        if found:
+            pairs.append((e, tree.sql(dialect="sqlite"), found))
+    indexes = {db: ValueIndex.from_values(db, {k: sorted(v) for k, v in cols.items()}, schema=schemas[db])
+               for db, cols in values.items()}
+    changed, swapped, restored = [], 0, 0
+    for e, sql, found in pairs:
+        index, schema, question = indexes[e["db_id"]], schemas[e["db_id"]], e["question"]
+        hints = link_values(question, index)
+        if snap_literals(sql, "sqlite", index, schema, question, hints) != snap_literals(sql, "sqlite", index, schema):
+            changed.append(question)
+        if len(found) == 1:   # write another value of that column, one the question does not say
+            table, column, value = found[0]
+            others = sorted(v for v in values[e["db_id"]][(table, column)] if v != value and v.lower() not in
+                            question.lower())
+            wrong = sql.replace(f"'{value}'", f"'{others[0]}'") if others else sql
+            if wrong != sql:
+                swapped += 1
+                restored += f"'{value}'" in snap_literals(wrong, "sqlite", index, schema, question, hints)
+    assert len(pairs) > 2000 and swapped > 500
+    assert len(changed) <= 0.01 * len(pairs), changed[:10]
+    assert restored >= 0.85 * swapped
