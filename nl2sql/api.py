@@ -400,17 +400,20 @@ def default_pipeline(settings: Settings | None = None) -> Pipeline:
         return _pipelines[key]
 
 
-def ask(question: str, db=None, *, execute: bool = True, settings: Settings | None = None, **overrides) -> Answer:
+def ask(question: str, db=None, *, execute: bool = True, settings: Settings | None = None, progress=None,
+        **overrides) -> Answer:
     """Answer a question with SQL (and, unless execute=False, its result) from the warehouse `db`.
 
     Setup problems (empty question, unreachable database, missing model) raise an Nl2SqlError subclass;
     a query the model got wrong comes back as an Answer whose .error says why.
     With `server=URL` (or NL2SQL_SERVER) the question goes to that `nl2sql serve` service (nl2sql/client.py)
     and `db` names one of its databases; the Answer is the same, without loading a model here.
+    `progress`: called with each stage's name ("schema", "link", "generate", "execute", ...) as it starts, in
+    process or streamed from the server.
     """
     settings = (settings or Settings.from_env()).replace(**overrides) if overrides else settings
     server = (settings or Settings.from_env()).server
     if server:
         from .client import Client
-        return Client(server, settings=settings).ask(question, db, execute=execute)
-    return default_pipeline(settings).ask(question, db, execute=execute)
+        return Client(server, settings=settings).ask(question, db, execute=execute, progress=progress)
+    return default_pipeline(settings).ask(question, db, execute=execute, progress=progress)

@@ -212,9 +212,11 @@ def test_ask_through_the_server_returns_the_same_answer(srv_settings, live, monk
     a = nl2sql.ask("How many customers are there?", server=url)
     assert isinstance(a, Answer) and a.ok and a.model == "scripted" and a.db == "demo"
     assert int(a.df.iloc[0, 0]) == int(nl2sql.execute(COUNT, settings=srv_settings).df.iloc[0, 0])
-    monkeypatch.setenv("NL2SQL_SERVER", url)   # the environment variable does the same
-    b = nl2sql.ask("How many customers are there?")
+    monkeypatch.setenv("NL2SQL_SERVER", url)   # the environment variable does the same, stages streamed
+    stages = []
+    b = nl2sql.ask("How many customers are there?", progress=stages.append)
     assert b.sql == a.sql and b.entry_id == a.entry_id + 1
+    assert "generate" in stages and "execute" in stages
     entries = QueryLog(srv_settings.query_log_path).entries()
     assert len(entries) == 2 and all(e["client"] for e in entries)
 
