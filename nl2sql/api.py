@@ -298,9 +298,11 @@ class Pipeline:
                 if not checked.tables:  # the schema tables it reads (validate() resolved them)
                     raise ValidationError("The SQL reads no table, so it cannot answer a question about the data.",
                                           hint="Rephrase the question to name what to count, list or compare.")
-                if q.index is not None and self.settings.snap_literals:
-                    from .values import snap_literals
-                    out.sql = snap_literals(out.sql, schema.dialect, q.index, schema, q.question, q.value_hints)
+                if self.settings.snap_literals:
+                    from .values import align_years, snap_literals
+                    if q.index is not None:
+                        out.sql = snap_literals(out.sql, schema.dialect, q.index, schema, q.question, q.value_hints)
+                    out.sql = align_years(out.sql, schema.dialect, q.question)
             if q.execute:
                 with q.timer("execute"):
                     result = execute_mod.run_checked(self.warehouse(q.db), out.sql, self.settings)

@@ -700,6 +700,48 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema, question: s
     return tree.sql(dialect=dialect) if changed else sql
 
 
+_YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
+_DATE_LITERAL = re.compile(r"(1[89]\d\d|20\d\d)(-\d\d(?:-\d\d)?(?:[ T][\d:.]+)?)?")
+
+
+def align_years(sql: str, dialect: str, question: str) -> str:
+    """When the question names exactly one year, a date literal (or a year compared with a column named like
+    'year') whose year the question never names takes the question's year: a small model copies years from the
+    examples and the schema's sample values ("in 2025" written BETWEEN '2024-01-01' AND '2025-12-31').
+    A question that names two years, or none, leaves the SQL alone; so does one about "the year before".
+
+    >>> align_years("SELECT COUNT(*) FROM o WHERE d BETWEEN '2024-01-01' AND '2025-12-31'", "duckdb", "Orders in 2025?")
+    "SELECT COUNT(*) FROM o WHERE d BETWEEN '2025-01-01' AND '2025-12-31'"
+    >>> align_years("SELECT COUNT(*) FROM c WHERE c.year = 2023", "duckdb", "How many in 2025?")
+    'SELECT COUNT(*) FROM c WHERE c.year = 2025'
+    """
+    import sqlglot
+    from sqlglot import exp
+    years = set(_YEAR.findall(question or ""))
+    if len(years) != 1 or re.search(r"\b(previous|prior|before|earlier|preceding|last|next|following|since|"
+                                     r"compared|versus|vs)\b", question, re.I):
+        return sql
+    year = years.pop()
+    try:
+        tree = sqlglot.parse_one(sql, read=dialect)
+    except sqlglot.errors.SqlglotError:
+        return sql
+    changed = False
+    for lit in tree.find_all(exp.Literal):
+        comparison = lit.find_ancestor(exp.Binary, exp.Between, exp.In)
+        if comparison is None:
+            continue
+        m = _DATE_LITERAL.fullmatch(lit.this) if lit.is_string else None
+        if m and m.group(2) and m.group(1) != year:          # '2024-01-01': a date, whatever the column
+            lit.replace(exp.Literal.string(year + m.group(2)))
+            changed = True
+        elif _YEAR.fullmatch(lit.this) and lit.this != year and any(
+                "year" in c.name.lower() for c in comparison.find_all(exp.Column)):   # 2023 or '2023': a year
+            lit.replace(exp.Literal.string(year) if lit.is_string else exp.Literal.number(int(year)))
+            changed = True
+    return tree.sql(dialect=dialect) if changed else sql
+
+
 class _Asked:
     """What the question says about values: the words it uses, and the values link_values found in it."""
 
