@@ -114,10 +114,18 @@ class QueryLog:
             con.close()
 
     def entries(self) -> list[dict]:
+        return self._select("SELECT * FROM entries ORDER BY id")
+
+    def entry(self, entry_id: int) -> dict | None:
+        """One entry, or None when the log has no such id."""
+        rows = self._select("SELECT * FROM entries WHERE id = ?", (entry_id,))
+        return rows[0] if rows else None
+
+    def _select(self, sql: str, params: tuple = ()) -> list[dict]:
         con = self._connect()
         con.row_factory = sqlite3.Row
         try:
-            return [dict(r) for r in con.execute("SELECT * FROM entries ORDER BY id")]
+            return [dict(r) for r in con.execute(sql, params)]
         finally:
             con.close()
 

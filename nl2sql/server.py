@@ -567,25 +567,18 @@ def create_app(settings: Settings | None = None, *, generator=None):
         model's SQL (one read-only query over that schema's names, reading a table), in that database's dialect,
         and kept as checked (as `nl2sql examples import` keeps its pairs). The examples and training read it
         later, so a bad one is refused now, with what is wrong."""
-        import sqlite3
-
         from .validate import validate
-        # one row, read as the example store reads the log (the QueryLog API lists every entry)
-        con = sqlite3.connect(f"file:{log.path}?mode=ro", uri=True, timeout=30)
-        try:
-            row = con.execute("SELECT db, dialect FROM entries WHERE id = ?", (entry_id,)).fetchone()
-        finally:
-            con.close()
-        if row is None:
+        entry = log.entry(entry_id)
+        if entry is None:
             raise no_entry(entry_id)
         served = {db_key(target): (name, target) for name, target in databases.items()}
-        if row[0] not in served:  # an answer logged on a database this server does not serve (a shared log)
+        if entry["db"] not in served:  # an answer logged on a database this server does not serve (a shared log)
             raise Forbidden(f"Answer {entry_id} was asked on a database this server does not serve, so its "
                             "corrected SQL cannot be checked here.", hint="Correct it where it was asked.")
-        name, target = served[row[0]]
+        name, target = served[entry["db"]]
         schema = pipe.schema(target)
         try:
-            checked = validate(sql, schema, read=row[1] or schema.dialect, max_chars=settings.max_sql_chars,
+            checked = validate(sql, schema, read=entry["dialect"] or schema.dialect, max_chars=settings.max_sql_chars,
                                settings=settings)
             if not checked.tables:
                 raise ValidationError("The SQL reads no table, so it cannot answer a question about the data.")

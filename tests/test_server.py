@@ -538,3 +538,13 @@ def test_a_valid_correction_is_stored_as_checked(srv_settings, live):
     assert e["corrected_sql"] == "SELECT COUNT(*) FROM customers WHERE segment = 'Consumer'" and e["rating"] == -1
     with pytest.raises(InputError, match="no answer 424242"):
         client.feedback(424242, corrected_sql=fixed)
+
+
+def test_a_correction_for_an_answer_asked_on_a_database_this_server_does_not_serve_is_refused(srv_settings):
+    c = client_for(srv_settings, [COUNT])
+    log = QueryLog(srv_settings.query_log_path)
+    elsewhere = log.record(question="How many?", db="/data/other.sqlite", sql="SELECT 1", executed=True)  # shared log
+    before = log.entry(elsewhere)
+    r = c.post("/v1/feedback", json={"entry_id": elsewhere, "corrected_sql": COUNT}, headers=auth())
+    assert r.status_code == 403 and "does not serve" in r.json()["error"], r.text
+    assert log.entry(elsewhere) == before and log.entry(elsewhere + 1) is None
