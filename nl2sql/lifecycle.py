@@ -289,7 +289,8 @@ class ShadowReport:
         verified = [r for r in self.rows if r.verified]
         cand = sum(bool(r.candidate_correct) for r in verified)
         prom = sum(bool(r.promoted_correct) for r in verified)
-        return {"questions": len(self.rows), "matches_promoted": _rate(sum(r.matches_promoted for r in compared),
+        return {"questions": len(self.rows), "distinct_questions": sum(r.replayed_with is None for r in self.rows),
+                "matches_promoted": _rate(sum(r.matches_promoted for r in compared),
                                                                        len(compared)),
                 "verified": len(verified), "candidate_accuracy": _rate(cand, len(verified)),
                 "promoted_accuracy": _rate(prom, len(verified)),

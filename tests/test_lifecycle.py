@@ -238,6 +238,7 @@ def test_a_question_logged_several_times_is_asked_once_and_each_entry_compared_o
     assert rows[other].matches_promoted is True and rows[other_db].matches_promoted is True
     shared = [r for r in report.rows if r.replayed_with is not None]
     assert {r.entry_id for r in shared} == {wrong, right} and {r.replayed_with for r in shared} == {plain}
+    assert report.summary()["questions"] == 5 and report.summary()["distinct_questions"] == 3
 
 
 def test_shadow_of_an_unknown_or_foreign_adapter_is_refused(lab):

@@ -457,7 +457,8 @@ def _lifecycle(settings) -> None:
         return
     m = report["summary"]
     st.caption(f"{report['candidate']} vs {report['promoted']} on the questions of the last {report['since']} · "
-               f"{m['questions']} replayed in {m['seconds']} s")
+               f"{m['questions']} logged questions ({m.get('distinct_questions', m['questions'])} different) "
+               f"replayed in {m['seconds']} s")
     cols = st.columns(3)
     cols[0].metric("Same result as promoted", pct(m["matches_promoted"]))
     cols[1].metric(f"Accuracy, {report['candidate']}", pct(m["candidate_accuracy"]))
