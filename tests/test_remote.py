@@ -37,7 +37,7 @@ TOKEN = "remote-test-token-0123456789"
 FRANCE = "SELECT name FROM singer WHERE country = 'France'"
 NETHERLANDS = "SELECT name FROM singer WHERE country = 'Netherlands'"
 ALL = "SELECT name FROM singer"
-Q_FRANCE = "Which singers are from France?"
+Q_FRANCE = "Which singers are from France or the Netherlands?"   # names both: UNSURE's candidates stay apart
 Q_DROP = "Which singers are from Spain?"        # the server answers it with a write and a wrong column
 UNSURE = [(NETHERLANDS, -0.1), (FRANCE, -0.2)]   # two candidates, two results: confidence about 0.75
 
@@ -49,7 +49,7 @@ from nl2sql.generate import Generation
 from nl2sql.server import create_app
 
 port, calls, data_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-ANSWERS = {"Which singers are from France?": ["SELECT name FROM singer WHERE country = 'France'"],
+ANSWERS = {"Which singers are from France or the Netherlands?": ["SELECT name FROM singer WHERE country = 'France'"],
            "Which singers are from Spain?": ["DELETE FROM singer", "SELECT wage FROM singer"],
            "completions": ["SELECT 1\n-- Question: more"]}
 
@@ -170,7 +170,7 @@ def test_a_backend_that_is_down_leaves_the_small_answer_and_is_not_asked_on_ever
     assert a.ok and a.escalated is None and a.raw_sql == NETHERLANDS and a.answered_by == "scripted"
     assert "could not be reached" in a.route_note and "NL2SQL_ESCALATE_MODEL" in a.route_note
     retry_at = routing._down[pipe][0]
-    b = pipe.ask("Which singers are from the Netherlands?", str(sqlite_db))
+    b = pipe.ask("Which singers are from the Netherlands or France?", str(sqlite_db))
     assert b.ok and b.route_note == a.route_note and routing._down[pipe][0] == retry_at   # not tried again
     assert 20 < retry_at - time.monotonic() <= routing.RETRY_REMOTE_S
 

@@ -16,7 +16,9 @@ FRANCE = "SELECT name FROM singer WHERE country = 'France'"
 NETHERLANDS = "SELECT name FROM singer WHERE country = 'Netherlands'"
 ALL = "SELECT name FROM singer"
 OLD = "SELECT name FROM singer WHERE age > 40"
-Q = "Which singers are from France?"
+# names both values its scripted candidates compare with: candidates that differ stay different (a value the
+# question never names would be rewritten to the one it does, nl2sql/values.py, and they would agree)
+Q = "Which singers are from France or the Netherlands?"
 
 
 def _pipe(settings, *outputs, **changes):
@@ -110,7 +112,7 @@ def test_a_larger_backend_that_fails_to_load_leaves_the_small_answer_with_a_note
     assert a.ok and a.escalated is None and a.answered_by == "scripted" and a.sql
     assert "could not answer" in a.route_note and "no-such-checkpoint" in a.route_note
     # the next question does not try to load it again (it would cost the load's time on every question)
-    b = pipe.ask("Which singers are from the Netherlands?", str(sqlite_db))
+    b = pipe.ask("Which singers are from the Netherlands or France?", str(sqlite_db))
     assert b.ok and b.route_note == a.route_note and routing.larger_pipeline(pipe)._generator is None
 
 
