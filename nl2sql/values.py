@@ -634,6 +634,8 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema, question: s
     >>> q = "How many blue cars are there?"
     >>> snap_literals("SELECT COUNT(*) FROM cars WHERE colour = 'Red'", "sqlite", idx, s, q, link_values(q, idx))
     "SELECT COUNT(*) FROM cars WHERE colour = 'Blue'"
+    >>> snap_literals("SELECT COUNT(*) FROM cars WHERE colour = 'red'", "sqlite", idx, s, q, link_values(q, idx))
+    "SELECT COUNT(*) FROM cars WHERE colour = 'Blue'"
     """
     import sqlglot
     from sqlglot import exp
@@ -672,15 +674,17 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema, question: s
             if not stored:
                 continue
             literals = node.expressions if isinstance(node, exp.In) else [node.expression, node.this]
-            strings = [lit for lit in literals if isinstance(lit, exp.Literal) and lit.is_string]
-            for lit in strings:
-                better = _closest(lit.this, stored)
-                if better is not None and better != lit.this:
-                    lit.replace(exp.Literal.string(better))
-                    changed = True
+            strings = []   # (the literal as it now stands in the tree, the column's value like it or None)
+            for lit in literals:
+                if isinstance(lit, exp.Literal) and lit.is_string:
+                    better = _closest(lit.this, stored)
+                    if better is not None and better != lit.this:
+                        lit = lit.replace(exp.Literal.string(better))
+                        changed = True
+                    strings.append((lit, better))
             if len(strings) != 1 or isinstance(node, exp.In):
                 continue
-            lit = strings[0]
+            lit, better = strings[0]
             if asked is not None and not asked.mentions(lit.this):
                 mine = asked.values_for(key)
                 if len(mine) == 1:
@@ -692,14 +696,15 @@ def snap_literals(sql: str, dialect: str, index: ValueIndex, schema, question: s
                     move(col, lit, table, *elsewhere[0])
                     changed = True
                     continue
-            if _closest(lit.this, stored) is None and key not in capped:
-                home = _home_of(lit.this, tables, values_of, skip=key)
+            if better is None and key not in capped:
+                home = _home_of(lit.this, tables, index, skip=key)
                 if home is not None:
                     move(col, lit, table, *home)
                     changed = True
     return tree.sql(dialect=dialect) if changed else sql
 
 
+_NUMBERLIKE = re.compile(r"[\d\s.,:/+-]+")   # numbers, dates, times: never replaced or moved as text values
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 _DATE_LITERAL = re.compile(r"(1[89]\d\d|20\d\d)(-\d\d(?:-\d\d)?(?:[ T][\d:.]+)?)?")
 
@@ -756,7 +761,7 @@ class _Asked:
         """The question spells the literal, or a close form of each of its words ('dogs' for 'dog'), or the
         linker found it there. Numbers and unreadable literals count as mentioned: they are never replaced."""
         words = normalize(literal).split()
-        if not words or re.fullmatch(r"[\d\s.,:/+-]+", literal):
+        if not words or _NUMBERLIKE.fullmatch(literal):
             return True
         if any(h.value == literal for h in self.hints):
             return True
@@ -780,22 +785,21 @@ class _Asked:
         return sorted(found)
 
 
-def _home_of(literal: str, tables: dict, values_of: dict, skip: tuple) -> tuple | None:
+def _home_of(literal: str, tables: dict, index: ValueIndex, skip: tuple) -> tuple | None:
     """(alias, column, stored spelling) of the one column of a table in scope that holds `literal`, or None when
     none or several do. Numbers and long strings are never moved: the index holds only short text values."""
+    if len(set(tables.values())) != len(tables):   # a table twice in scope (self-join): whose column?
+        return None
     key = normalize(literal)
-    if not key or len(literal) > MAX_VALUE_CHARS or re.fullmatch(r"[\d\s.,:/+-]+", literal):
+    if not key or len(literal) > MAX_VALUE_CHARS or _NUMBERLIKE.fullmatch(literal) or key not in index._norm_ids:
         return None
-    found = []
-    for alias, table in tables.items():
-        for (t, column), stored in values_of.items():
-            if t == table and (t, column) != skip:
-                by_norm, _ = _normalised(tuple(stored))
-                if key in by_norm:
-                    found.append((alias, column, by_norm[key]))
-    if len({t for t in tables.values()}) != len(tables):   # a table twice in scope (self-join): whose column?
-        return None
-    return found[0] if len(found) == 1 else None
+    aliases = {table: alias for alias, table in tables.items()}
+    found: dict[tuple, tuple] = {}   # per column, its first spelling (as _closest takes it)
+    for table, column, value in index._entries[index._norm_ids[key]]:
+        t, c = table.lower(), column.lower()
+        if t in aliases and (t, c) != skip:
+            found.setdefault((t, c), (aliases[t], c, value))
+    return next(iter(found.values())) if len(found) == 1 else None
 
 
 def _column_table(col, tables: dict, columns_of: dict) -> str | None:
