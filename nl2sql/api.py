@@ -88,6 +88,7 @@ class _Question:
     notes: str         # the glossary entries the question mentions, rendered (nl2sql/glossary.py)
     index: object      # nl2sql.values.ValueIndex, or None
     value_hints: tuple  # the values the question seems to mention (nl2sql.values.link_values)
+    named_tables: frozenset  # tables the question names through a value or a glossary entry
     timer: _Timer
     answer: Answer
 
@@ -232,7 +233,9 @@ class Pipeline:
                         candidates=max(1, self.settings.candidates),
                         examples=[q for q, _ in examples], glossary=[e.name for e in entries])
         from .glossary import render
-        q = _Question(question, db, execute, list(examples), render(entries), index, value_hints, timer, answer)
+        named = frozenset({h.table for h in value_hints} | {m.table for m in mentions})
+        q = _Question(question, db, execute, list(examples), render(entries), index, value_hints, named, timer,
+                      answer)
         solved_on = linked.schema
         best = self._solve(q, solved_on)
         if best.error is not None and linked.pruned:  # the model reached outside the subset: widen once
@@ -303,6 +306,11 @@ class Pipeline:
                     if q.index is not None:
                         out.sql = snap_literals(out.sql, schema.dialect, q.index, schema, q.question, q.value_hints)
                     out.sql = align_years(out.sql, schema.dialect, q.question)
+                rewrites = self.settings.rewrite_steps
+                if rewrites:  # nl2sql/rewrite.py: slips the question and schema show (a year as a pattern, ...)
+                    from .rewrite import rewrite
+                    out.sql = rewrite(out.sql, schema.dialect, schema, q.question, named_tables=q.named_tables,
+                                      only=rewrites)
             if q.execute:
                 with q.timer("execute"):
                     result = execute_mod.run_checked(self.warehouse(q.db), out.sql, self.settings)

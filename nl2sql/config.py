@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 ENV_PREFIX = "NL2SQL_"
+REWRITES = ("years", "joins", "names")   # the SQL rewrites of nl2sql/rewrite.py, in the order they apply
 
 
 def _user_dir(kind: str) -> Path:
@@ -63,6 +64,11 @@ class Settings:
     snap_literals: bool = setting(
         True, "Rewrite a string literal compared with a text column to the column's own spelling of it "
         "('france' -> 'France'), from the value index (nl2sql/values.py).")
+    rewrites: str = setting(
+        ",".join(REWRITES), "Rewrites of slips in the model's SQL that the question and schema show to be slips "
+        "(nl2sql/rewrite.py), comma-separated: 'years' (a year as a text pattern on a date column -> its date "
+        "range), 'joins' (a join to a table the question never names and nothing reads -> dropped), 'names' (an "
+        "id where the question asks which thing -> the table's name column). 'none' = no rewrite.")
     value_budget: float = setting(5.0, "Seconds the first question on a database may spend reading its text values.")
     glossary: str = setting(
         "", "Business glossary (YAML, nl2sql/glossary.py; README 'Team knowledge'): a path, 'off', or empty for the "
@@ -180,6 +186,18 @@ class Settings:
                 raise ConfigError(f"Unknown setting {name!r}.", hint=f"Known settings: {', '.join(cls.names())}.")
             values[name] = _coerce(f, value) if isinstance(value, str) else value
         return cls(**values)
+
+    def __post_init__(self):
+        unknown = [r for r in self.rewrite_steps if r not in REWRITES]
+        if unknown:
+            raise ConfigError(f"Unknown rewrite {unknown[0]!r} in {ENV_PREFIX}REWRITES.",
+                              hint=f"Name some of {', '.join(REWRITES)} (comma-separated), or 'none'.")
+
+    @property
+    def rewrite_steps(self) -> tuple[str, ...]:
+        """The rewrites named by `rewrites` ('none' or 'off': none)."""
+        steps = tuple(r.strip().lower() for r in self.rewrites.split(",") if r.strip())
+        return () if steps in (("none",), ("off",)) else steps
 
     @classmethod
     def names(cls) -> list[str]:

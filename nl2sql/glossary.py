@@ -79,19 +79,38 @@ class Glossary:
         return bool(self.entries)
 
     def relevant(self, question: str, limit: int = MAX_IN_PROMPT) -> list[Entry]:
-        """The entries the question mentions: every word of the entry's name or of one synonym appears in it
-        (stemmed, case-insensitive). Longer matches first, so 'units sold' outranks 'units'."""
+        """The entries the question mentions: the words of the entry's name or of one synonym appear in it in
+        their order, a few words apart at most (stemmed, case-insensitive): "units of Home products were sold"
+        mentions 'units sold', "stores in the West" does not mention 'in store'. Longer matches first, so
+        'units sold' outranks 'units'."""
         from .linking import words
-        q = set(words(question))
+        q = words(question)
         best: dict[int, int] = {}
         for i, ws in self._phrases:
-            if set(ws) <= q:
+            if _in_order(ws, q):
                 best[i] = max(best.get(i, 0), len(ws))
         order = sorted(best, key=lambda i: (-best[i], i))
         return [self.entries[i] for i in order[:limit]]
 
     def mentions(self, entries) -> list[ColumnMention]:
         return [ColumnMention(t, c) for e in entries for t, c in e.columns]
+
+
+PHRASE_GAP = 4   # other words that may stand between the words of a glossary phrase in a question
+
+
+def _in_order(phrase: list[str], question: list[str]) -> bool:
+    """Whether the phrase's words occur in the question in order, spanning at most len(phrase) + PHRASE_GAP words."""
+    for start, w in enumerate(question):
+        if w != phrase[0]:
+            continue
+        at, end = 1, start + len(phrase) + PHRASE_GAP
+        for pos in range(start + 1, min(end, len(question))):
+            if at < len(phrase) and question[pos] == phrase[at]:
+                at += 1
+        if at == len(phrase):
+            return True
+    return False
 
 
 def render(entries) -> str:

@@ -82,6 +82,25 @@ def _server(admin_url: str, url: str, dialect: str, name: str):
     return url
 
 
+def scratch_database(admin_url: str, url: str, dialect: str, name: str, scratch: str, statements: list[str]):
+    """A database of its own on a server, created afresh with `statements` for one test module, which drops it
+    after (returns its URL and the admin engine to drop it with)."""
+    import sqlalchemy as sa
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {scratch}" + (" WITH (FORCE)" if dialect == "postgres" else ""))
+            c.exec_driver_sql(f"CREATE DATABASE {scratch}")
+    except Exception as e:  # the servers are part of the test environment: fail loudly, never skip
+        pytest.fail(f"{name} is not answering at {admin_url}: {e}. Start it (see .ci/run) and rerun.")
+    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        for s in statements:
+            c.exec_driver_sql(s)
+    eng.dispose()
+    return url, admin
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     return _server(PG_ADMIN, PG_URL, "postgres", "PostgreSQL")

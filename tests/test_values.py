@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 import pytest
+from conftest import scratch_database
 
 from nl2sql.schema import introspect
 from nl2sql.values import (ValueHint, ValueIndex, clear_memory_cache, format_hints, link_values, normalize,
@@ -47,24 +48,6 @@ def _seed(dialect: str) -> list[str]:
     return stmts
 
 
-def _server_db(admin_url: str, url: str, dialect: str, name: str):
-    """A scratch database on a server, created for these tests and dropped after them."""
-    import sqlalchemy as sa
-    try:
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-        with admin.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {SCRATCH}" + (" WITH (FORCE)" if dialect == "postgres" else ""))
-            c.exec_driver_sql(f"CREATE DATABASE {SCRATCH}")
-    except Exception as e:  # the servers are part of the test environment: fail loudly, never skip
-        pytest.fail(f"{name} is not answering at {admin_url}: {e}. Start it (see .ci/run) and rerun.")
-    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        for s in _seed(dialect):
-            c.exec_driver_sql(s)
-    eng.dispose()
-    return url, admin
-
-
 @pytest.fixture(scope="module")
 def value_db(request, tmp_path_factory):
     """name -> database (path or URL) with the same values on each engine."""
@@ -92,7 +75,7 @@ def value_db(request, tmp_path_factory):
         else:
             admin_url, url, dialect, name = {"postgres": (PG_ADMIN, PG_URL, "postgres", "PostgreSQL"),
                                              "mariadb": (MY_ADMIN, MY_URL, "mysql", "MariaDB")}[kind]
-            made[kind], admin = _server_db(admin_url, url, dialect, name)
+            made[kind], admin = scratch_database(admin_url, url, dialect, name, SCRATCH, _seed(dialect))
             admins.append((admin, dialect))
         return made[kind]
     yield get

@@ -1,0 +1,272 @@
+"""Structural slips in the model's SQL that the question and the schema show to be slips, rewritten.
+
+A 270M model writes the right shape of query but often one of three things the analyst never asked for:
+
+  - **a year as a text pattern on a date column**: `order_date LIKE '2025%'` (no such operator on a DATE in
+    DuckDB or PostgreSQL), `opened_date > '2016%'` (a pattern where no pattern applies), `order_date LIKE
+    '2023-01-01'` for "in 2023". Each becomes the range of dates it stands for (`year_ranges`);
+  - **a join to a table the question never names**, used by nothing but its own ON condition ("the total floor
+    space of stores in the West" written `FROM orders JOIN stores ...`, which sums each store once per order).
+    The join is dropped (`unasked_joins`);
+  - **an id where the question asks which thing**: "Which products cost more than 1000 dollars?" answered with
+    `SELECT product_id`. When the question never asks for an id and the table has one name column, the query
+    answers with the name (`names_for_ids`).
+
+Each rewrite applies only where the SQL as written cannot be what the question asked, and each is measured on
+Spider's training queries in tests/test_rewrite.py (how often it would change a right query) as well as on the
+demo warehouse (README, "Value linking and rewrites"). They work on validated SQL; the guarded executor checks
+the result again. Nothing here is specific to one database: it reads the schema's types, keys and names.
+
+>>> from nl2sql.schema import Schema, Table, Column
+>>> s = Schema("x", "duckdb", (Table("orders", (Column("id", "INTEGER", True), Column("day", "DATE"))),))
+>>> year_ranges("SELECT COUNT(*) FROM orders WHERE day LIKE '2025%'", "duckdb", s)
+"SELECT COUNT(*) FROM orders WHERE (day >= '2025-01-01' AND day < '2026-01-01')"
+"""
+from __future__ import annotations
+
+import re
+
+from .config import REWRITES   # NL2SQL_REWRITES names some of these; all by default
+from .linking import words
+from .prompt import short_type
+
+
+def rewrite(sql: str, dialect: str, schema, question: str, *, named_tables=(), only=REWRITES) -> str:
+    """Every rewrite in `only`, in order. `named_tables`: tables the question names through a value or a glossary
+    entry (they count as asked for, like the table's own name in the question)."""
+    if "years" in only:
+        sql = year_ranges(sql, dialect, schema, question)
+    if "joins" in only:
+        sql = unasked_joins(sql, dialect, schema, question, named_tables)
+    if "names" in only:
+        sql = names_for_ids(sql, dialect, schema, question)
+    return sql
+
+
+def _parse(sql: str, dialect: str):
+    import sqlglot
+    try:
+        return sqlglot.parse_one(sql, read=dialect)
+    except sqlglot.errors.SqlglotError:
+        return None
+
+
+def _scopes(tree):
+    """(scope, {alias: table name}) for each SELECT scope of the tree; table names and aliases lower-case."""
+    from sqlglot import exp
+    from sqlglot.optimizer.scope import traverse_scope
+    try:
+        scopes = traverse_scope(tree)
+    except Exception:   # sqlglot cannot scope it (odd but valid SQL): leave it alone
+        return []
+    return [(s, {a.lower(): src.name.lower() for a, src in s.sources.items() if isinstance(src, exp.Table)})
+            for s in scopes]
+
+
+def _owner(col, tables: dict, columns_of: dict) -> str | None:
+    """The alias a column belongs to: its qualifier, else the one table in scope that has such a column."""
+    if col.table:
+        return col.table.lower() if col.table.lower() in tables else None
+    owners = [a for a, t in tables.items() if col.name.lower() in columns_of.get(t, ())]
+    return owners[0] if len(owners) == 1 else None
+
+
+# --- a year as a pattern on a date column --------------------------------------------------------------------
+_YEAR_PATTERN = re.compile(r"%?(1[89]\d\d|20\d\d)%?")
+_FULL_DATE = re.compile(r"(1[89]\d\d|20\d\d)-\d\d-\d\d")
+_MONTHS = re.compile(r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\b|\d{1,2}(st|nd|rd|th)\b|"
+                     r"\b(q[1-4]|quarter|month|week|day|today|yesterday)\b", re.I)
+
+
+def year_ranges(sql: str, dialect: str, schema, question: str = "") -> str:
+    """A year written as a text pattern against a date or time column becomes the dates it means:
+    `d LIKE '2025%'` and `d = '2025'` -> 2025-01-01 <= d < 2026-01-01; `d > '2016%'` -> d >= '2017-01-01';
+    `d LIKE '2023-01-01'` (a date where a pattern was meant) -> the year, when the question names that year and
+    no month, day or quarter. Columns of text type are left alone (there a pattern may be meant, and a year may
+    be stored on its own)."""
+    from sqlglot import exp
+    tree = _parse(sql, dialect)
+    if tree is None:
+        return sql
+    columns_of = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
+    types = {(t.name.lower(), c.name.lower()): short_type(c.type) for t in schema.tables for c in t.columns}
+    only_year = set(re.findall(r"\b(1[89]\d\d|20\d\d)\b", question or "")) if not _MONTHS.search(question or "") else set()
+    changed = False
+    for scope, tables in _scopes(tree):
+        for node in list(scope.expression.find_all(exp.Like, exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
+            col, lit = node.this, node.expression
+            if not (isinstance(col, exp.Column) and isinstance(lit, exp.Literal) and lit.is_string):
+                continue
+            alias = _owner(col, tables, columns_of)
+            if alias is None or types.get((tables[alias], col.name.lower())) != "time":
+                continue
+            text, year = lit.this, None
+            m = _YEAR_PATTERN.fullmatch(text)
+            if m and ("%" in text or not isinstance(node, exp.Like)):
+                year = int(m.group(1))
+            elif (isinstance(node, exp.Like) and _FULL_DATE.fullmatch(text) and text[:4] in only_year
+                  and len(only_year) == 1):
+                year = int(text[:4])
+            if year is None:
+                continue
+            first, after = exp.Literal.string(f"{year}-01-01"), exp.Literal.string(f"{year + 1}-01-01")
+            if isinstance(node, (exp.Like, exp.EQ)):
+                new = exp.paren(exp.and_(exp.GTE(this=col.copy(), expression=first),
+                                         exp.LT(this=col.copy(), expression=after)), copy=False)
+            elif isinstance(node, exp.GT):
+                new = exp.GTE(this=col.copy(), expression=after)
+            elif isinstance(node, exp.GTE):
+                new = exp.GTE(this=col.copy(), expression=first)
+            elif isinstance(node, exp.LT):
+                new = exp.LT(this=col.copy(), expression=first)
+            else:
+                new = exp.LT(this=col.copy(), expression=after)
+            node.replace(new)
+            changed = True
+    return tree.sql(dialect=dialect) if changed else sql
+
+
+# --- a join to a table the question never names ---------------------------------------------------------------
+STEM_CHARS = 5   # a question word and a schema word that start with this many letters alike name one thing
+
+
+def _alike(a: str, b: str) -> bool:
+    """'returned' ~ 'return', 'undergoing' ~ 'undergoes', 'vote' ~ 'votes'; 'order' !~ 'ordinal'."""
+    if a == b or (min(len(a), len(b)) >= 4 and (a.startswith(b) or b.startswith(a))):
+        return True
+    return len(a) >= STEM_CHARS and len(b) >= STEM_CHARS and a[:STEM_CHARS] == b[:STEM_CHARS] and (
+        a.startswith(b[:-2]) or b.startswith(a[:-2]))
+
+
+def mentions_table(question: str, table: str, columns=()) -> bool:
+    """Whether the question names the table, or one of the given columns (the columns it is joined on: "students
+    with treasurer votes" names a join on Treasurer_Vote): one of their words, or a word that starts alike.
+
+    >>> mentions_table("How many items were returned?", "returns"), mentions_table("Floor space?", "orders")
+    (True, False)
+    """
+    asked = set(words(question))
+    names = [w for name in (table, *columns) for w in words(name) if len(w) >= 3 and w != "id"]
+    return any(_alike(w, q) for w in names for q in asked)
+
+
+def unasked_joins(sql: str, dialect: str, schema, question: str, named_tables=()) -> str:
+    """Drop an inner join to a table that nothing but its own ON condition reads and the question never names
+    (by its name, a value of its, or a glossary entry on it). A self-join, an outer join, a star, and a table read
+    anywhere else (another join, a subquery) keep the query as it is."""
+    from sqlglot import exp
+    tree = _parse(sql, dialect)
+    if tree is None or not question:
+        return sql
+    columns_of = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
+    named = {t.lower() for t in named_tables}
+    changed = False
+    for scope, tables in _scopes(tree):
+        select = scope.expression
+        joins = select.args.get("joins") or []
+        if not isinstance(select, exp.Select) or not joins or len(set(tables.values())) != len(tables):
+            continue
+        if select.args.get("group") or any(isinstance(c.this, exp.Star) for c in select.find_all(exp.Count)):
+            continue   # counting rows per group, or all rows: the join is what is counted
+        if any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star))
+               for e in select.expressions):
+            continue
+        for j, join in enumerate(joins):
+            on = join.args.get("on")
+            if on is None or join.side or join.kind not in ("", "INNER") or not isinstance(join.this, exp.Table):
+                continue
+            on_aliases = {_owner(c, tables, columns_of) for c in on.find_all(exp.Column)}
+            if None in on_aliases or len(on_aliases) != 2:
+                continue
+            from_alias = _alias(select.args["from_"].this)
+            joined = _alias(join.this)
+            # the joined table, or (through the first join only) the FROM table, may be the one nobody reads
+            for alias in ([joined] + ([from_alias] if j == 0 else [])):
+                on_columns = [c.name for c in on.find_all(exp.Column)   # not keys: 'store_id' names the other side
+                              if _owner(c, tables, columns_of) == alias and words(c.name)[-1:] != ["id"]]
+                if (alias not in on_aliases or tables.get(alias) in named
+                        or mentions_table(question, tables[alias], on_columns)):
+                    continue
+                if _read_elsewhere(tree, on, alias, tables, columns_of):
+                    continue
+                if alias == from_alias:
+                    select.args["from_"].set("this", join.this)
+                join.pop()
+                changed = True
+                break
+            if changed:
+                break   # one join per query: the scopes are stale once the tree changed
+    return tree.sql(dialect=dialect) if changed else sql
+
+
+def _alias(table) -> str:
+    return (table.alias_or_name or "").lower()
+
+
+def _read_elsewhere(tree, on, alias: str, tables: dict, columns_of: dict) -> bool:
+    """Whether any column outside `on` may belong to `alias` (qualified by it, or unqualified and its table has
+    such a column): then the table is read and stays."""
+    from sqlglot import exp
+    inside = {id(c) for c in on.find_all(exp.Column)}
+    table = tables[alias]
+    for col in tree.find_all(exp.Column):
+        if id(col) in inside:
+            continue
+        if col.table:
+            if col.table.lower() == alias:
+                return True
+        elif col.name.lower() in columns_of.get(table, ()):
+            return True
+    return False
+
+
+# --- an id where the question asks which thing -----------------------------------------------------------------
+_ASKS_FOR_ID = re.compile(r"\b(ids?|identifiers?|numbers?|codes?|keys?)\b", re.I)
+
+
+def label_column(table) -> str | None:
+    """The one column that names a row of `table` ('name', 'title', 'product_name'), or None if none or several."""
+    found = [c.name for c in table.columns if not c.primary_key and short_type(c.type) == "text"
+             and ({"name", "title"} & set(words(c.name)))]
+    return found[0] if len(found) == 1 else None
+
+
+def names_for_ids(sql: str, dialect: str, schema, question: str) -> str:
+    """`SELECT t.x_id FROM ...` -> `SELECT t.x_name FROM ...` when the query returns nothing but the key of a
+    table that has one name column, and the question never asks for an id, number, code or key.
+    Only the outermost SELECT (a key in a subquery is how rows are matched), without GROUP BY or set operations."""
+    from sqlglot import exp
+    if not question or _ASKS_FOR_ID.search(question):
+        return sql
+    tree = _parse(sql, dialect)
+    if not isinstance(tree, exp.Select) or tree.args.get("group") or len(tree.expressions) != 1:
+        return sql
+    col = tree.expressions[0]
+    if not isinstance(col, exp.Column) or isinstance(col.this, exp.Star):
+        return sql
+    columns_of = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
+    scopes = _scopes(tree)
+    if not scopes:
+        return sql
+    tables = scopes[-1][1]   # the root scope comes last
+    alias = _owner(col, tables, columns_of)
+    table = schema.table(tables[alias]) if alias else None
+    if table is None:
+        return sql
+    column = table.column(col.name)
+    if column is None or not _is_key(column, table):
+        return sql
+    label = label_column(table)
+    if label is None:
+        return sql
+    col.set("this", exp.to_identifier(label, quoted=not re.fullmatch(r"[a-z_][a-z0-9_]*", label)))
+    return tree.sql(dialect=dialect)
+
+
+def _is_key(column, table) -> bool:
+    """The table's own surrogate key: named id or <table>_id, or a numeric primary key (a primary key that is a
+    name, as in many Spider tables, is already what the question wants)."""
+    ws = words(column.name)
+    if ws == ["id"] or (ws[-1:] == ["id"] and ws[:-1] == words(table.name)[-len(ws) + 1:]):
+        return True
+    return column.primary_key and short_type(column.type) == "number"
