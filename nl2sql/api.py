@@ -89,6 +89,7 @@ class _Question:
     index: object      # nl2sql.values.ValueIndex, or None
     value_hints: tuple  # the values the question seems to mention (nl2sql.values.link_values)
     named_tables: frozenset  # tables the question names through a value or a glossary entry
+    measures: tuple     # the glossary's metrics as columns the model may name (nl2sql/measures.py)
     timer: _Timer
     answer: Answer
 
@@ -234,8 +235,12 @@ class Pipeline:
                         examples=[q for q, _ in examples], glossary=[e.name for e in entries])
         from .glossary import render
         named = frozenset({h.table for h in value_hints} | {m.table for m in mentions})
-        q = _Question(question, db, execute, list(examples), render(entries), index, value_hints, named, timer,
-                      answer)
+        measures = ()
+        if glossary and self.settings.glossary_columns:
+            from .measures import measures_of
+            measures = measures_of(glossary, full)
+        q = _Question(question, db, execute, list(examples), render(entries), index, value_hints, named, measures,
+                      timer, answer)
         solved_on = linked.schema
         best = self._solve(q, solved_on)
         if best.error is not None and linked.pruned:  # the model reached outside the subset: widen once
@@ -263,13 +268,15 @@ class Pipeline:
         if self.settings.value_hints:
             from .values import format_hints
             hints = format_hints(q.value_hints)
-        prompt = build_prompt(schema, q.question, q.examples, hints=hints, notes=q.notes)
-        prefix = render_schema(schema) + "\n"  # shared by every question on this schema: its KV cache is reused
+        from .measures import with_measures
+        seen = with_measures(schema, q.measures)  # the schema the model sees: glossary metrics as columns
+        prompt = build_prompt(seen, q.question, q.examples, hints=hints, notes=q.notes)
+        prefix = render_schema(seen) + "\n"  # shared by every question on this schema: its KV cache is reused
         grammar = binder = None
         if self.settings.constrained:
             from .grammar import sql_grammar
-            grammar = sql_grammar(schema)
-            binder = self.binder(schema) if self.settings.bind_columns else None
+            grammar = sql_grammar(seen)
+            binder = self.binder(seen) if self.settings.bind_columns else None
         with q.timer("generate"):
             gens = self.generator.candidates(prompt, grammar, self.settings.max_new_tokens, prefix=prefix,
                                              n=q.answer.candidates, binder=binder, seed=_seed(q.question),
@@ -295,8 +302,11 @@ class Pipeline:
             if generation.error:
                 raise ModelError(generation.error, hint="Rephrase the question, or report it if it keeps happening.")
             with q.timer("validate"):
-                checked = validate(generation.text, schema, max_chars=self.settings.max_sql_chars,
-                                   settings=self.settings)
+                text = generation.text
+                if q.measures:  # a glossary metric the model named as a column -> its definition and filter
+                    from .measures import expand
+                    text = expand(text, q.measures, schema)
+                checked = validate(text, schema, max_chars=self.settings.max_sql_chars, settings=self.settings)
                 out.sql = checked.sql
                 if not checked.tables:  # the schema tables it reads (validate() resolved them)
                     raise ValidationError("The SQL reads no table, so it cannot answer a question about the data.",

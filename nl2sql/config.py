@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 ENV_PREFIX = "NL2SQL_"
-REWRITES = ("years", "joins", "names")   # the SQL rewrites of nl2sql/rewrite.py, in the order they apply
+REWRITES = ("years", "dates", "joins", "names")   # the SQL rewrites of nl2sql/rewrite.py, in the order they apply
 
 
 def _user_dir(kind: str) -> Path:
@@ -67,13 +67,18 @@ class Settings:
     rewrites: str = setting(
         ",".join(REWRITES), "Rewrites of slips in the model's SQL that the question and schema show to be slips "
         "(nl2sql/rewrite.py), comma-separated: 'years' (a year as a text pattern on a date column -> its date "
-        "range), 'joins' (a join to a table the question never names and nothing reads -> dropped), 'names' (an "
+        "range), 'dates' (a year the question names that the SQL never filters -> the range on the date column in "
+        "reach), 'joins' (a join to a table the question never names and nothing reads -> dropped), 'names' (an "
         "id where the question asks which thing -> the table's name column). 'none' = no rewrite.")
     value_budget: float = setting(5.0, "Seconds the first question on a database may spend reading its text values.")
     glossary: str = setting(
         "", "Business glossary (YAML, nl2sql/glossary.py; README 'Team knowledge'): a path, 'off', or empty for the "
         "default: the shipped one for the demo warehouse, else <database file>.glossary.yml next to a file database "
         "if there is one. The entries a question mentions go into its prompt.")
+    glossary_columns: bool = setting(
+        True, "Show the glossary's metrics that are expressions over one table's rows (revenue = SUM(quantity * "
+        "price)) to the model as columns of that table, and expand them to their definition and filter before "
+        "validation (nl2sql/measures.py).")
     examples: int = setting(
         3, "Verified question/SQL pairs of the same database (corrections, thumbs-up answers, imported pairs; "
         "nl2sql/examples.py) retrieved into each prompt as examples, most similar first. 0 = none.")

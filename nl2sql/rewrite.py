@@ -36,6 +36,8 @@ def rewrite(sql: str, dialect: str, schema, question: str, *, named_tables=(), o
     entry (they count as asked for, like the table's own name in the question)."""
     if "years" in only:
         sql = year_ranges(sql, dialect, schema, question)
+    if "dates" in only:
+        sql = year_filters(sql, dialect, schema, question)
     if "joins" in only:
         sql = unasked_joins(sql, dialect, schema, question, named_tables)
     if "names" in only:
@@ -61,6 +63,31 @@ def _scopes(tree):
         return []
     return [(s, {a.lower(): src.name.lower() for a, src in s.sources.items() if isinstance(src, exp.Table)})
             for s in scopes]
+
+
+def ident(name: str):
+    """An identifier node for a name from the schema: bare when plain lower-case, else quoted (a keyword, a space,
+    capitals that PostgreSQL would fold)."""
+    from sqlglot import exp
+
+    from .prompt import is_plain_name
+    return exp.to_identifier(name, quoted=not (re.fullmatch(r"[a-z_][a-z0-9_]*", name) and is_plain_name(name)))
+
+
+def source_ident(scope, alias: str):
+    """A copy of the identifier a query uses for the source `alias` (lower-case) of a scope, quoted as written."""
+    from sqlglot import exp
+    for name, src in scope.sources.items():
+        if name.lower() == alias and isinstance(src, exp.Table):
+            node = src.args.get("alias")
+            return (node.this if node is not None else src.this).copy()
+    return exp.to_identifier(alias)
+
+
+def column_of(name: str, qualifier=None):
+    """table.column as a node: `name` from the schema, `qualifier` an identifier node (or None)."""
+    from sqlglot import exp
+    return exp.Column(this=ident(name), table=qualifier)
 
 
 def _owner(col, tables: dict, columns_of: dict) -> str | None:
@@ -124,6 +151,119 @@ def year_ranges(sql: str, dialect: str, schema, question: str = "") -> str:
             node.replace(new)
             changed = True
     return tree.sql(dialect=dialect) if changed else sql
+
+
+# --- a year the question names and the SQL never filters --------------------------------------------------------
+_RELATIVE = re.compile(r"\b(previous|prior|before|earlier|preceding|last|next|following|since|until|compared|"
+                       r"versus|vs|between|each|every|per|born|age|old)\b", re.I)
+
+
+def asked_year(question: str) -> int | None:
+    """The one year a question names, when it names exactly one, no month, day or quarter, and no relative
+    or comparing word ("since 2020", "each year", "born in 1990": a year that is not a date range of rows)."""
+    years = set(re.findall(r"\b(1[89]\d\d|20\d\d)\b", question or ""))
+    if len(years) != 1 or _MONTHS.search(question) or _RELATIVE.search(question):
+        return None
+    return int(years.pop())
+
+
+def year_filters(sql: str, dialect: str, schema, question: str) -> str:
+    """The question names a year ("How many returns were made in 2023?") and the query filters no date: keep the
+    rows of that year, on the one date column within reach. A comparison of that year with a column that is not a
+    date (`quantity > 2023`, copied from the question) becomes the date range of its table's date column; else the
+    range goes on the one date column of the tables the query reads, or of the one table they reference by a
+    foreign key that has one. A query with any date or year comparison already, or two candidate date columns,
+    stays as it is."""
+    from sqlglot import exp
+    year = asked_year(question)
+    tree = _parse(sql, dialect) if year else None
+    if not isinstance(tree, exp.Select):
+        return sql
+    columns_of = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
+    types = {(t.name.lower(), c.name.lower()): short_type(c.type) for t in schema.tables for c in t.columns}
+    scopes = _scopes(tree)
+    if not scopes:
+        return sql
+    for scope, tables in scopes:   # a date or a year already compared with something: not this rewrite's case
+        for col in scope.columns:
+            alias = _owner(col, tables, columns_of)
+            dated = alias is not None and types.get((tables[alias], col.name.lower())) == "time"
+            if (dated or "year" in words(col.name)) and col.find_ancestor(exp.Predicate) is not None:
+                return sql
+    root, tables = scopes[-1]
+    if len(set(tables.values())) != len(tables):
+        return sql
+
+    def dates_of(table: str) -> list[str]:
+        return [c for (t, c), kind in types.items() if t == table and kind == "time"]
+
+    def year_range(column):
+        return exp.paren(exp.and_(exp.GTE(this=column.copy(), expression=exp.Literal.string(f"{year}-01-01")),
+                                  exp.LT(this=column.copy(), expression=exp.Literal.string(f"{year + 1}-01-01"))),
+                         copy=False)
+
+    copied = [n for n in tree.find_all(exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+              if isinstance(n.expression, exp.Literal) and n.expression.this == str(year)
+              and isinstance(n.this, exp.Column)]
+    if copied:   # the year compared with a column that holds no date
+        col = copied[0].this
+        alias = _owner(col, tables, columns_of) if len(copied) == 1 else None
+        dates = dates_of(tables[alias]) if alias else []
+        if len(dates) != 1 or copied[0].find_ancestor(exp.Select) is not root.expression:
+            return sql
+        qualifier = col.args["table"].copy() if col.args.get("table") else None
+        copied[0].replace(year_range(column_of(_spelled(schema, tables[alias], dates[0]), qualifier)))
+        return tree.sql(dialect=dialect)
+    if str(year) in sql:
+        return sql
+    within = [(a, c) for a, t in tables.items() for c in dates_of(t)]
+    select = root.expression
+    if len(within) == 1:
+        alias, column = within[0]
+        qualifier = source_ident(root, alias) if (len(tables) > 1 or _qualified(select)) else None
+        select.where(year_range(column_of(_spelled(schema, tables[alias], column), qualifier)), copy=False)
+        return tree.sql(dialect=dialect)
+    if within:
+        return sql
+    reach = []   # (alias in scope, its column, the referenced table, its column) of tables with one date column
+    for alias, table in tables.items():
+        t = schema.table(table)
+        for fk in (t.foreign_keys if t else ()):
+            if fk.ref_table.lower() not in tables.values() and len(dates_of(fk.ref_table.lower())) == 1:
+                reach.append((alias, fk.column, fk.ref_table, fk.ref_column))
+    if len({r[2].lower() for r in reach}) != 1 or len(reach) != 1:
+        return sql
+    alias, mine, table, theirs = reach[0]
+    ref = schema.table(table)
+    here = source_ident(root, alias)
+    bare = len(tables) == 1 and not _qualified(select)
+    new_alias = next(f"d{i}" for i in range(1, 99) if f"d{i}" not in tables)
+    join_source(select, ref.name, new_alias, on=exp.EQ(this=column_of(_spelled(schema, tables[alias], mine), here),
+                                                      expression=column_of(_spelled(schema, ref.name, theirs),
+                                                                           exp.to_identifier(new_alias))))
+    if bare:   # the query's own columns were bare: qualify them now that two tables are in scope
+        for col in select.find_all(exp.Column):
+            if not col.table and col.find_ancestor(exp.Select) is select:
+                col.set("table", here.copy())
+    select.where(year_range(column_of(_spelled(schema, ref.name, dates_of(table.lower())[0]),
+                                      exp.to_identifier(new_alias))), copy=False)
+    return tree.sql(dialect=dialect)
+
+
+def join_source(select, table: str, alias: str, on) -> None:
+    """Add `JOIN table AS alias ON on` to a SELECT (table as the schema spells it; alias a plain new name)."""
+    from sqlglot import exp
+    select.join(exp.Table(this=ident(table), alias=exp.TableAlias(this=exp.to_identifier(alias))), on=on, copy=False)
+
+
+def _qualified(select) -> bool:
+    from sqlglot import exp
+    return any(c.table for c in select.find_all(exp.Column))
+
+
+def _spelled(schema, table: str, column: str) -> str:
+    """A column's name as the schema spells it."""
+    return schema.table(table).column(column).name
 
 
 # --- a join to a table the question never names ---------------------------------------------------------------
@@ -259,7 +399,7 @@ def names_for_ids(sql: str, dialect: str, schema, question: str) -> str:
     label = label_column(table)
     if label is None:
         return sql
-    col.set("this", exp.to_identifier(label, quoted=not re.fullmatch(r"[a-z_][a-z0-9_]*", label)))
+    col.set("this", ident(label))
     return tree.sql(dialect=dialect)
 
 

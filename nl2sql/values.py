@@ -737,6 +737,8 @@ def align_years(sql: str, dialect: str, question: str) -> str:
         if comparison is None:
             continue
         m = _DATE_LITERAL.fullmatch(lit.this) if lit.is_string else None
+        if m and m.group(1) == str(int(year) + 1) and m.group(2).startswith("-01-01"):
+            continue   # the first day after the year: the exclusive end of its range (d < '2026-01-01')
         if m and m.group(2) and m.group(1) != year:          # '2024-01-01': a date, whatever the column
             lit.replace(exp.Literal.string(year + m.group(2)))
             changed = True

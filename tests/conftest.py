@@ -152,3 +152,57 @@ def sqlite_rows(path, sql):
         return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+# --- a small shop with dates, on every engine (tests/test_rewrite.py, tests/test_measures.py) ----------------------
+SHOP_SCRATCH = "nl2sql_shop_test"
+SHOP_STORES = [(1, "Harbor", "West", 100, "2015-06-01"), (2, "Summit", "West", 300, "2019-02-01"),
+               (3, "Prairie", "Midwest", 200, "2021-09-09")]
+SHOP_ORDERS = [(1, 1, "2024-12-31", "completed"), (2, 1, "2025-01-01", "completed"), (3, 2, "2025-06-30", "cancelled"),
+               (4, 2, "2025-12-31", "completed"), (5, 3, "2026-01-01", "completed")]
+SHOP_LINES = [(1, 2, 10.0), (2, 1, 5.0), (2, 3, 2.0), (3, 4, 100.0), (4, 1, 7.5), (5, 2, 1.0)]
+
+
+def _shop_sql() -> list[str]:
+    stmts = ["CREATE TABLE stores (store_id INTEGER PRIMARY KEY, store_name VARCHAR(40), region VARCHAR(40), "
+             "square_feet INTEGER, opened DATE)",
+             "CREATE TABLE orders (order_id INTEGER PRIMARY KEY, store_id INTEGER, placed DATE, status VARCHAR(20), "
+             "FOREIGN KEY (store_id) REFERENCES stores (store_id))",   # MariaDB ignores REFERENCES on a column
+             "CREATE TABLE line_items (order_id INTEGER, qty INTEGER, price DECIMAL(10, 2), "
+             "FOREIGN KEY (order_id) REFERENCES orders (order_id))"]
+    stmts += [f"INSERT INTO stores VALUES ({i}, '{n}', '{r}', {f}, '{d}')" for i, n, r, f, d in SHOP_STORES]
+    stmts += [f"INSERT INTO orders VALUES ({i}, {s}, '{d}', '{st}')" for i, s, d, st in SHOP_ORDERS]
+    stmts += [f"INSERT INTO line_items VALUES ({o}, {q}, {p})" for o, q, p in SHOP_LINES]
+    return stmts
+
+
+@pytest.fixture(scope="session")
+def shop_db(tmp_path_factory):
+    """kind (sqlite, duckdb, postgres, mariadb) -> the shop database on that engine (path or URL)."""
+    made, admins = {}, []
+
+    def get(kind):
+        if kind not in made:
+            if kind in ("sqlite", "duckdb"):
+                import duckdb
+                path = tmp_path_factory.mktemp("shop") / f"shop.{kind}"
+                con = sqlite3.connect(path) if kind == "sqlite" else duckdb.connect(str(path))
+                for s in _shop_sql():
+                    con.execute(s)
+                if kind == "sqlite":
+                    con.commit()
+                con.close()
+                made[kind] = str(path)
+            else:
+                admin_url, dialect, name = {"postgres": (PG_ADMIN, "postgres", "PostgreSQL"),
+                                            "mariadb": (MY_ADMIN, "mysql", "MariaDB")}[kind]
+                url = admin_url.rsplit("/", 1)[0] + "/" + SHOP_SCRATCH
+                made[kind], admin = scratch_database(admin_url, url, dialect, name, SHOP_SCRATCH, _shop_sql())
+                admins.append((admin, dialect))
+        return made[kind]
+    yield get
+    for admin, dialect in admins:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {SHOP_SCRATCH}"
+                              + (" WITH (FORCE)" if dialect == "postgres" else ""))
+        admin.dispose()

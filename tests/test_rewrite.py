@@ -3,11 +3,10 @@ and leaves right SQL alone — measured on Spider's 7,000 training queries and o
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 import sqlglot
-from conftest import MY_ADMIN, PG_ADMIN, SPIDER, scratch_database
+from conftest import SPIDER
 
 from nl2sql.api import Pipeline
 from nl2sql.generate import ScriptedGenerator
@@ -53,6 +52,36 @@ SHOP = Schema("shop", "duckdb", (
 ])
 def test_a_year_as_a_pattern_on_a_date_column_becomes_its_date_range(question, sql, expected):
     assert year_ranges(sql, "duckdb", SHOP, question) == (expected or sql)
+
+
+@pytest.mark.parametrize("question, sql, expected", [
+    ("How many orders were placed in 2025?", "SELECT COUNT(*) FROM orders",
+     "SELECT COUNT(*) FROM orders WHERE (placed >= '2025-01-01' AND placed < '2026-01-01')"),
+    ("How many orders were placed in 2025?", "SELECT COUNT(*) FROM orders AS o WHERE o.store_id > 2025",
+     "SELECT COUNT(*) FROM orders AS o WHERE (o.placed >= '2025-01-01' AND o.placed < '2026-01-01')"),
+    ("Floor space of the stores with orders in 2025?",
+     "SELECT SUM(s.square_feet) FROM stores AS s JOIN orders AS o ON o.store_id = s.store_id",   # 2 date columns
+     None),
+    # left alone: a date already compared, two years, a relative year, no year, a year column compared
+    ("How many orders in 2025?", "SELECT COUNT(*) FROM orders WHERE placed > '2020-01-01'", None),
+    ("How many orders in 2024 and 2025?", "SELECT COUNT(*) FROM orders", None),
+    ("How many orders since 2025?", "SELECT COUNT(*) FROM orders", None),
+    ("How many orders in March 2025?", "SELECT COUNT(*) FROM orders", None),
+    ("How many customers in 2025?", "SELECT COUNT(*) FROM customers", None),   # no date within reach
+])
+def test_a_year_the_question_names_and_the_sql_never_filters_goes_on_the_date_in_reach(question, sql, expected):
+    from nl2sql.rewrite import year_filters
+    assert year_filters(sql, "duckdb", SHOP, question) == (expected or sql)
+
+
+def test_the_date_of_a_referenced_table_is_joined_when_the_query_reads_none():
+    from nl2sql.rewrite import year_filters
+    lines = Table("lines", (Column("order_id", "INTEGER"), Column("qty", "INTEGER")),
+                  foreign_keys=(ForeignKey("order_id", "orders", "order_id"),))
+    schema = Schema("shop", "duckdb", SHOP.tables + (lines,))
+    assert year_filters("SELECT SUM(qty) FROM lines", "duckdb", schema, "Units sold in 2025?") == (
+        "SELECT SUM(lines.qty) FROM lines JOIN orders AS d1 ON lines.order_id = d1.order_id "
+        "WHERE (d1.placed >= '2025-01-01' AND d1.placed < '2026-01-01')")
 
 
 @pytest.mark.parametrize("question, sql, expected", [
@@ -124,15 +153,16 @@ def _spider_train():
 def test_spider_training_queries_are_almost_never_rewritten():
     """Right SQL (Spider's training gold) must stay as it is. Measured: the years rewrite changes 4 queries of
     7,000, each to the same dates (LIKE '2016%' on a datetime -> its range); joins change 4 whose questions name
-    the joined table in words no stem matches ("trying out" for tryout); names change none."""
-    checked, changed = 0, {"years": [], "joins": [], "names": []}
+    the joined table in words no stem matches ("trying out" for tryout); dates and names change none."""
+    checked, changed = 0, {"years": [], "dates": [], "joins": [], "names": []}
     for question, sql, schema in _spider_train():
         checked += 1
         for name in changed:
             if rewrite(sql, "sqlite", schema, question, only=(name,)) != sql:
                 changed[name].append(question)
     assert checked > 6900
-    assert len(changed["years"]) <= 6 and len(changed["joins"]) <= 10 and not changed["names"], changed
+    assert len(changed["years"]) <= 6 and len(changed["joins"]) <= 10, changed
+    assert not changed["dates"] and not changed["names"], changed
 
 
 def _queries_on(schema: Schema):
@@ -176,53 +206,7 @@ def test_every_rewrite_of_every_spider_schema_and_a_wide_one_still_validates():
     assert rewritten > 500
 
 
-# --- on real engines, through the pipeline ----------------------------------------------------------------------
-SCRATCH = "nl2sql_rewrite_test"
-ROWS = [(1, "Harbor", "West", 100, "2015-06-01"), (2, "Summit", "West", 300, "2019-02-01"),
-        (3, "Prairie", "Midwest", 200, "2021-09-09")]
-ORDERS = [(1, 1, "2024-12-31"), (2, 1, "2025-01-01"), (3, 2, "2025-06-30"), (4, 2, "2025-12-31"), (5, 3, "2026-01-01")]
-
-
-def _seed(dialect: str) -> list[str]:
-    text = "VARCHAR(40)"
-    stmts = [f"CREATE TABLE stores (store_id INTEGER PRIMARY KEY, store_name {text}, region {text}, "
-             "square_feet INTEGER, opened DATE)",
-             "CREATE TABLE orders (order_id INTEGER PRIMARY KEY, store_id INTEGER REFERENCES stores (store_id), "
-             "placed DATE)"]
-    stmts += [f"INSERT INTO stores VALUES ({i}, '{n}', '{r}', {f}, '{d}')" for i, n, r, f, d in ROWS]
-    stmts += [f"INSERT INTO orders VALUES ({i}, {s}, '{d}')" for i, s, d in ORDERS]
-    return stmts
-
-
-@pytest.fixture(scope="module")
-def shop_db(tmp_path_factory):
-    made, admins = {}, []
-
-    def get(kind):
-        if kind not in made:
-            if kind in ("sqlite", "duckdb"):
-                import duckdb
-                path = tmp_path_factory.mktemp("rewrite") / f"shop.{kind}"
-                con = sqlite3.connect(path) if kind == "sqlite" else duckdb.connect(str(path))
-                for s in _seed(kind):
-                    con.execute(s)
-                con.commit() if kind == "sqlite" else None
-                con.close()
-                made[kind] = str(path)
-            else:
-                admin_url, dialect, name = {"postgres": (PG_ADMIN, "postgres", "PostgreSQL"),
-                                            "mariadb": (MY_ADMIN, "mysql", "MariaDB")}[kind]
-                url = admin_url.rsplit("/", 1)[0] + "/" + SCRATCH
-                made[kind], admin = scratch_database(admin_url, url, dialect, name, SCRATCH, _seed(dialect))
-                admins.append((admin, dialect))
-        return made[kind]
-    yield get
-    for admin, dialect in admins:
-        with admin.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {SCRATCH}" + (" WITH (FORCE)" if dialect == "postgres" else ""))
-        admin.dispose()
-
-
+# --- on real engines, through the pipeline (the shop database of tests/conftest.py) -------------------------------
 @pytest.mark.parametrize("kind", ["sqlite", "duckdb", "postgres", "mariadb"])
 def test_rewritten_queries_answer_the_question_on_each_engine(kind, shop_db, settings):
     db = shop_db(kind)
@@ -248,8 +232,8 @@ def test_rewritten_queries_answer_the_question_on_each_engine(kind, shop_db, set
 def test_an_unknown_rewrite_is_a_clear_settings_error():
     from nl2sql.config import Settings
     from nl2sql.errors import ConfigError
-    with pytest.raises(ConfigError, match="Unknown rewrite 'dates' in NL2SQL_REWRITES"):
-        Settings.from_env({"NL2SQL_REWRITES": "years,dates"})
+    with pytest.raises(ConfigError, match="Unknown rewrite .weeks. in NL2SQL_REWRITES"):
+        Settings.from_env({"NL2SQL_REWRITES": "years,weeks"})
     assert Settings.from_env({"NL2SQL_REWRITES": "none"}).rewrite_steps == ()
 
 

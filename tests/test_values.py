@@ -508,6 +508,8 @@ def test_the_questions_values_restore_a_swapped_literal_and_almost_never_touch_r
      "SELECT c.month, COUNT(*) FROM c WHERE c.year = 2024 GROUP BY c.month"),
     ("Stores opened after 2018?", "SELECT s FROM t WHERE opened > '2016-12-31 00:00:00'",
      "SELECT s FROM t WHERE opened > '2018-12-31 00:00:00'"),
+    ("Orders in 2025?", "SELECT 1 FROM o WHERE d >= '2024-01-01' AND d < '2026-01-01'",
+     "SELECT 1 FROM o WHERE d >= '2025-01-01' AND d < '2026-01-01'"),   # the exclusive end stays
     # left alone: the question names no year, two years, a relative one; numbers that are not years
     ("How many orders last month?", "SELECT COUNT(*) FROM o WHERE d > '2024-01-01'", None),
     ("Orders between 2023 and 2025?", "SELECT COUNT(*) FROM o WHERE d BETWEEN '2023-01-01' AND '2024-12-31'", None),
