@@ -56,6 +56,33 @@ class ServerStopping(Nl2SqlError):
     """The server is stopping (SIGTERM, a restart) and dropped the request before its answer (503)."""
 
 
+class _Commit:
+    """Whether a request's answer reached the query log, decided once: the work writes the log and a stop (or a
+    disconnect) cancels it under one lock, so a stop that races the write either comes first (nothing is written)
+    or waits for it (and the client is told the answer was logged). Without it, a SIGTERM that landed between the
+    last cancellation check and the write told the client "nothing was logged" of an answer that was."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.entry = None    # the log entry's id once written
+
+    def write(self, record, check_cancelled) -> object:
+        """record()'s result, unless check_cancelled() raises first (the request was dropped: RequestCancelled)."""
+        with self.lock:
+            check_cancelled()
+            self.entry = record()
+            return self.entry
+
+    def cancel(self, event: threading.Event):
+        """Set the request's cancel event once any write in progress is done; the entry id it wrote, or None."""
+        with self.lock:
+            event.set()
+            return self.entry
+
+
+_commit: contextvars.ContextVar = contextvars.ContextVar("nl2sql_commit", default=None)
+
+
 def database_map(settings: Settings) -> dict:
     """NL2SQL_SERVE_DATABASES as {name: db} (db None = the demo warehouse).
 
@@ -371,9 +398,11 @@ def create_app(settings: Settings | None = None, *, generator=None):
         the client leaves, when the server stops, or when the caller stops reading, so the question's rows leave
         the batch."""
         event = threading.Event()
+        commit = _Commit()
         ctx = contextvars.copy_context()
 
         def work():
+            _commit.set(commit)   # in this request's own context copy
             with cancel_scope(event):
                 return fn()
         task = asyncio.get_running_loop().run_in_executor(pool, ctx.run, work)
@@ -395,9 +424,11 @@ def create_app(settings: Settings | None = None, *, generator=None):
                     yield "gone", None
                     return
         except asyncio.CancelledError:  # the server is stopping and its grace period is over: stop the work too,
-            event.set()                 # and tell the client so (not a bare 500), before the connection closes
+            entry = commit.cancel(event)  # and tell the client so (not a bare 500), before the connection closes
+            logged = ("nothing was logged." if entry is None else
+                      f"its answer was logged (entry {entry}) just before, so look it up rather than ask again.")
             raise ServerStopping("The nl2sql server is stopping (shut down or restarted) and dropped this request "
-                                 "before its answer; nothing was logged.", hint="Retry in a moment.") from None
+                                 f"before its answer; {logged}", hint="Retry in a moment.") from None
         finally:
             if not task.done():  # closed unfinished (a stream's response was torn down): the work stops too
                 event.set()
@@ -478,16 +509,17 @@ def create_app(settings: Settings | None = None, *, generator=None):
             t0 = time.perf_counter()
             a = pipe.ask(body.question, db, execute=body.execute, examples=context, session=body.session,
                          progress=stages.put if stages is not None else None)
-            check_cancelled()  # the client left: nothing goes to the log
             latency = time.perf_counter() - t0
+            dialect = pipe.schema(db).dialect
             # the log names the database as the app does (querylog.db_key), so its corrections are retrieved as
-            # examples and `nl2sql train` can reopen it, whichever client logged them
-            entry = log.record(question=a.question, db=db_key(db), sql=a.sql, executed=a.df is not None,
-                               error=a.error, model=a.model, adapter=a.adapter, latency=latency, raw_sql=a.raw_sql,
-                               dialect=pipe.schema(db).dialect, session=body.session, context=context,
-                               candidates=a.candidates,
-                               agreement=a.agreement, client=who, confidence=a.confidence, escalated=a.escalated,
-                               answered_by=a.answered_by, attempts=a.attempts)
+            # examples and `nl2sql train` can reopen it, whichever client logged them. A client that left, or a
+            # stop, before this point: nothing goes to the log (_Commit)
+            entry = _commit.get().write(lambda: log.record(
+                question=a.question, db=db_key(db), sql=a.sql, executed=a.df is not None, error=a.error,
+                model=a.model, adapter=a.adapter, latency=latency, raw_sql=a.raw_sql, dialect=dialect,
+                session=body.session, context=context, candidates=a.candidates, agreement=a.agreement, client=who,
+                confidence=a.confidence, escalated=a.escalated, answered_by=a.answered_by, attempts=a.attempts),
+                check_cancelled)
             metrics.answered(latency)
             return a, entry
 
