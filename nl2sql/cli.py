@@ -229,6 +229,10 @@ def cmd_glossary(args) -> int:
     print(f"{path}: {len(g.entries)} entries checked against {schema.name}")
     for p in g.problems:
         print(f"refused {p}", file=sys.stderr)
+    if pipe.settings.glossary_columns:  # what the model sees as columns (nl2sql/measures.py)
+        from .measures import measures_of
+        for m in measures_of(g, schema):
+            print(f"column {m.table}.{m.column} = {m.sql}" + (f" (where {m.filter})" if m.filter else ""))
     if args.question:
         print(render(g.relevant(args.question)) or "(no entry mentioned)")
     return 1 if g.problems else 0

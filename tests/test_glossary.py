@@ -32,6 +32,18 @@ def test_shipped_demo_glossary_loads_clean_against_the_live_warehouse(demo):
     assert ("order_lines", "quantity") in rev.columns and ("orders", "status") in rev.columns
 
 
+def test_glossary_check_lists_the_metrics_the_model_sees_as_columns(settings, tmp_path):
+    import subprocess
+    import sys
+    env = {**__import__("os").environ, "NL2SQL_DATA_DIR": str(settings.data_dir), "NL2SQL_CACHE_DIR": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-m", "nl2sql.cli", "glossary", "check", "--question", "total revenue in 2024"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert ("column order_lines.revenue = quantity * unit_price * (1 - discount) (where orders.status = 'completed')"
+            in p.stdout)
+    assert "column products.margin = unit_price - unit_cost" in p.stdout and "-- revenue = SUM(" in p.stdout
+
+
 def test_only_the_entries_a_question_mentions_are_retrieved(demo):
     from nl2sql.schemas.demo import GLOSSARY
     g = load_glossary(GLOSSARY, demo)
