@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
 import threading
 import warnings
@@ -64,6 +65,10 @@ class SqlGenerator:
         self.lm_head = loaded.model.lm_head.weight  # [vocab, hidden]
         self._backend = None
         self._prefix_cache: dict = {}
+        self._shared_cache: dict = {}   # prefix ids -> SharedPrefix (one float32 copy read by a whole batch)
+        # decoding batches keep one copy of each schema prefix's KV (nl2sql/shared_prefix.py); NL2SQL_SHARED_PREFIX=0
+        # goes back to a full cache per row
+        self.shared_prefix = os.environ.get("NL2SQL_SHARED_PREFIX", "1").strip().lower() not in ("0", "false", "no")
         self._base_vocab = _load_sql_vocab(loaded.tokenizer) if sql_vocab_head else None
         self._lock = threading.Lock()  # one generation at a time per model (the app's reruns share it)
         if getattr(loaded.model.config, "_attn_implementation", None) == "sdpa":
@@ -98,6 +103,18 @@ class SqlGenerator:
             out = self.inner(input_ids=ids, past_key_values=_full_cache(), use_cache=True)
             self._prefix_cache[prefix_ids] = out.past_key_values
         return copy.deepcopy(self._prefix_cache[prefix_ids])
+
+    def _shared(self, prefix_ids: tuple):
+        """The schema prefix's KV as one SharedPrefix (batch 1, float32), for cascade attention in DecodeBatch."""
+        from .shared_prefix import SharedPrefix
+        shared = self._shared_cache.get(prefix_ids)
+        if shared is None:
+            if prefix_ids not in self._prefix_cache:
+                self._prefix(prefix_ids)
+            if len(self._shared_cache) > 8:
+                self._shared_cache.pop(next(iter(self._shared_cache)))
+            shared = self._shared_cache[prefix_ids] = SharedPrefix(prefix_ids, self._prefix_cache[prefix_ids])
+        return shared
 
     # --- the public protocol (what a scripted test model or another backend also provides) -----------
     @property
@@ -380,13 +397,18 @@ def _windowed_sdpa_name() -> str:
     """Register (once) PyTorch SDPA that lets a sliding-window layer decoding one token read only the slots some
     row may see. Decoding keeps every layer's full cache (see _full_cache) and the mask applies Gemma's window, so
     plain SDPA reads all of it: 15 of Gemma 3's 18 layers see 512 slots of a 1,500-slot schema prompt, and with
-    32 rows in a batch that reading is most of a step. Same result (the skipped slots are masked for every row)."""
+    32 rows in a batch that reading is most of a step. Same result (the skipped slots are masked for every row).
+    A DecodeBatch step over shared prefixes passes a CascadeStep as the mask: that goes to cascade attention."""
     import torch
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    from .shared_prefix import CascadeStep, cascade_attention
+
     def windowed_sdpa(module, query, key, value, attention_mask, **kwargs):
+        if isinstance(attention_mask, CascadeStep):   # a DecodeBatch step over shared prefixes
+            return cascade_attention(module, query, key, value, attention_mask, **kwargs)
         if (getattr(module, "is_sliding", False) and attention_mask is not None and attention_mask.dim() == 4
                 and query.shape[2] == 1 and attention_mask.dtype == torch.bool):
             n = min(key.shape[-2], attention_mask.shape[-1])
@@ -402,11 +424,16 @@ def _windowed_sdpa_name() -> str:
 
 
 class _Live:
-    """A request in a DecodeBatch: its rows, prompt length, vocabulary head, random stream and clock."""
+    """A request in a DecodeBatch: its rows, prompt length, vocabulary head, random stream and clock; with shared
+    prefixes, also the SharedPrefix its rows read (None: its whole prompt is in its rows' cache) and how many
+    cache slots its prompt fills in the batch (n_ids without a shared prefix, n_ids - its length with one)."""
 
-    def __init__(self, handle, req: GenRequest, rows: list, n_ids: int, vocab, head, constrained: bool, rng, t0):
+    def __init__(self, handle, req: GenRequest, rows: list, n_ids: int, vocab, head, constrained: bool, rng, t0,
+                 prefix=None):
         self.handle, self.req, self.rows, self.n_ids = handle, req, rows, n_ids
         self.vocab, self.head, self.constrained, self.rng, self.t0 = vocab, head, constrained, rng, t0
+        self.prefix = prefix
+        self.n_slots = n_ids - (prefix.length if prefix is not None else 0)
         self.steps = 0
         self.error: BaseException | None = None
 
@@ -419,11 +446,25 @@ class DecodeBatch:
     the batch's: the shorter side is left-padded with masked slots. Every row keeps its own position ids, so a
     row attends to exactly the keys it would alone, at the same distances from the newest slot (which is what
     Gemma's sliding-window layers measure); rows differ only by float rounding of the batched matrix products.
+
+    Shared prefixes (the default with nl2sql's attention; nl2sql/shared_prefix.py): the batch's cache holds only
+    what follows each request's schema prefix (its question and generated tokens); each distinct prefix is kept
+    once (`prefixes`), and each step attends to it once for all its rows, merged with the rows' own part by
+    log-sum-exp. A request without a cached prefix keeps its whole prompt in its rows. Off (`shared_prefix=False`,
+    NL2SQL_SHARED_PREFIX=0, or another attention implementation), every row holds its whole prompt, as before.
     """
 
-    def __init__(self, gen: "SqlGenerator"):
+    def __init__(self, gen: "SqlGenerator", shared_prefix: bool | None = None):
         self.gen = gen
         self.device = gen.loaded.device
+        config = gen.loaded.model.config
+        if shared_prefix is None:
+            shared_prefix = getattr(gen, "shared_prefix", False)
+        # cascade attention is dispatched by nl2sql's registered attention, runs PyTorch's CPU flash kernel and does
+        # no logit soft-capping (Gemma 3 has none): anything else decodes with a full cache per row
+        self.shared = bool(shared_prefix and getattr(config, "_attn_implementation", None) == _windowed_sdpa_name()
+                           and getattr(config, "attn_logit_softcapping", None) is None
+                           and str(self.device).startswith("cpu"))
         self.rows: list[_Row] = []     # the batch's rows, in cache order
         self.owner: list[_Live] = []   # the request of each row
         self.live: list[_Live] = []
@@ -457,13 +498,17 @@ class DecodeBatch:
             head = g.lm_head if vocab is None else g.lm_head[vocab]
             out = g.inner(input_ids=torch.tensor([ids[n_prefix:]], device=self.device), past_key_values=cache,
                           use_cache=True)
+            shared = g._shared(tuple(ids[:n_prefix])) if self.shared and n_prefix else None
+            if shared is not None:   # the batch keeps only the question's slots; the prefix is read from `shared`
+                for layer in out.past_key_values.layers:
+                    layer.keys, layer.values = layer.keys[:, :, n_prefix:], layer.values[:, :, n_prefix:]
             spec = g._grammar_spec(req.grammar) if req.grammar is not None else None
             n = max(1, req.n)
             first = g._matcher(spec) if spec is not None else None   # compiling is the slow part: copy it
             rows = [_Row(first if i == 0 or first is None else first.deep_copy(), req.binder,
                          i == 0 or req.temperature <= 0) for i in range(n)]
             live = _Live(handle, req, rows, len(ids), vocab, head, spec is not None,
-                         torch.Generator().manual_seed(req.seed), t0)
+                         torch.Generator().manual_seed(req.seed), t0, prefix=shared)
         self._pending.append((out.past_key_values, out.last_hidden_state[:, -1].clone(), live))
         self.rows += rows
         self.owner += [live] * n
@@ -482,7 +527,7 @@ class DecodeBatch:
         if self.cache is not None:
             sources.append((self.cache, self.attn.shape[0], self.attn.shape[1], self.attn))
         for cache, _, live in pending:
-            sources.append((cache, len(live.rows), live.n_ids, None))
+            sources.append((cache, len(live.rows), live.n_slots, None))
         width = max(slots for _, _, slots, _ in sources)
         total = sum(rows for _, rows, _, _ in sources)
         cap = _room_for(width)
@@ -557,7 +602,11 @@ class DecodeBatch:
                 # a row's next position counts only its own kept tokens (masked holes do not advance it)
                 pos = torch.tensor([[o.n_ids + len(r.ids) - 1] for r, o in zip(self.rows, self.owner)],
                                    device=self.device)
-                out = g.inner(input_ids=feed, attention_mask=self.attn, position_ids=pos,
+                mask = self.attn
+                if self.shared:   # the same layout for every layer type; the window is applied per layer
+                    step = self._cascade_step()
+                    mask = {"full_attention": step, "sliding_attention": step}
+                out = g.inner(input_ids=feed, attention_mask=mask, position_ids=pos,
                               past_key_values=self.cache, use_cache=True)
                 self.cache, h_new = out.past_key_values, out.last_hidden_state[:, -1]
                 for i, r in enumerate(self.rows):
@@ -568,6 +617,27 @@ class DecodeBatch:
                         self.attn[i, r.holes] = 0
                         r.restore, r.holes = None, []
             self._retire()
+
+    @property
+    def prefixes(self) -> list:
+        """The distinct shared prefixes the batch's rows read (one copy each), in order of first use."""
+        seen = {}
+        for live in self.live:
+            if live.prefix is not None and live.rows:
+                seen.setdefault(id(live.prefix), live.prefix)
+        return list(seen.values())
+
+    def _cascade_step(self):
+        """This step's CascadeStep: the rows' suffix mask and, per distinct prefix, the rows that read it."""
+        import torch
+        from .shared_prefix import CascadeStep
+        plen = torch.tensor([o.prefix.length if o.prefix is not None else 0 for o in self.owner], dtype=torch.long)
+        groups: dict = {}
+        for i, o in enumerate(self.owner):
+            if o.prefix is not None:
+                groups.setdefault(id(o.prefix), (o.prefix, []))[1].append(i)
+        return CascadeStep(self.attn, plen, [(torch.tensor(rows, dtype=torch.long), prefix)
+                                             for prefix, rows in groups.values()])
 
     def _row_step(self, r, i, row_logits, bitmask, live, forced, tok):
         g = self.gen
