@@ -306,6 +306,10 @@ class Pipeline:
                 if q.measures:  # a glossary metric the model named as a column -> its definition and filter
                     from .measures import expand
                     text = expand(text, q.measures, schema)
+                if "dates" in self.settings.rewrite_steps:  # before validation too: `year = 2024` on a table
+                    from .prompt import SQL_DIALECT         # without one becomes the date range in reach
+                    from .rewrite import year_filters
+                    text = year_filters(text, SQL_DIALECT, schema, q.question)
                 checked = validate(text, schema, max_chars=self.settings.max_sql_chars, settings=self.settings)
                 out.sql = checked.sql
                 if not checked.tables:  # the schema tables it reads (validate() resolved them)

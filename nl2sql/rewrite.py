@@ -169,11 +169,13 @@ def asked_year(question: str) -> int | None:
 
 def year_filters(sql: str, dialect: str, schema, question: str) -> str:
     """The question names a year ("How many returns were made in 2023?") and the query filters no date: keep the
-    rows of that year, on the one date column within reach. A comparison of that year with a column that is not a
-    date (`quantity > 2023`, copied from the question) becomes the date range of its table's date column; else the
-    range goes on the one date column of the tables the query reads, or of the one table they reference by a
-    foreign key that has one. A query with any date or year comparison already, or two candidate date columns,
-    stays as it is."""
+    rows of that year, on the one date column within reach. A comparison of that year with a column that holds no
+    date (`quantity > 2023`, copied from the question) becomes the date range of its table's date column; with a
+    column no table in scope has (`year = 2024`, `month = '2023'`: reaching for a year column this schema lacks) it
+    becomes the range on the date within reach, as a missing filter does: the one date column of the tables the
+    query reads, else of the one table they reference by a foreign key that has one (joined). A query with a date
+    or year comparison already, or two candidate date columns, stays as it is. Runs before validation too, so a
+    query that names a missing year column still gets its answer."""
     from sqlglot import exp
     year = asked_year(question)
     tree = _parse(sql, dialect) if year else None
@@ -184,13 +186,14 @@ def year_filters(sql: str, dialect: str, schema, question: str) -> str:
     scopes = _scopes(tree)
     if not scopes:
         return sql
-    for scope, tables in scopes:   # a date or a year already compared with something: not this rewrite's case
+    for scope, tables in scopes:   # a date or a year column already compared with something: not this case
         for col in scope.columns:
             alias = _owner(col, tables, columns_of)
-            dated = alias is not None and types.get((tables[alias], col.name.lower())) == "time"
-            if (dated or "year" in words(col.name)) and col.find_ancestor(exp.Predicate) is not None:
+            kind = types.get((tables[alias], col.name.lower())) if alias is not None else None
+            if (kind == "time" or (kind and "year" in words(col.name))) and col.find_ancestor(exp.Predicate):
                 return sql
     root, tables = scopes[-1]
+    select = root.expression
     if len(set(tables.values())) != len(tables):
         return sql
 
@@ -205,24 +208,36 @@ def year_filters(sql: str, dialect: str, schema, question: str) -> str:
     copied = [n for n in tree.find_all(exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
               if isinstance(n.expression, exp.Literal) and n.expression.this == str(year)
               and isinstance(n.this, exp.Column)]
-    if copied:   # the year compared with a column that holds no date
-        col = copied[0].this
-        alias = _owner(col, tables, columns_of) if len(copied) == 1 else None
-        dates = dates_of(tables[alias]) if alias else []
-        if len(dates) != 1 or copied[0].find_ancestor(exp.Select) is not root.expression:
+    target = None   # the comparison the range replaces; None: the range is added to the WHERE
+    if copied:
+        if len(copied) != 1 or copied[0].find_ancestor(exp.Select) is not select:
             return sql
-        qualifier = col.args["table"].copy() if col.args.get("table") else None
-        copied[0].replace(year_range(column_of(_spelled(schema, tables[alias], dates[0]), qualifier)))
-        return tree.sql(dialect=dialect)
-    if str(year) in sql:
+        target, col = copied[0], copied[0].this
+        alias = _owner(col, tables, columns_of)
+        if alias is not None:   # a column of a table in scope that holds no date: that table's date
+            dates = dates_of(tables[alias])
+            if len(dates) != 1:
+                return sql
+            qualifier = col.args["table"].copy() if col.args.get("table") else None
+            target.replace(year_range(column_of(_spelled(schema, tables[alias], dates[0]), qualifier)))
+            return tree.sql(dialect=dialect)
+        if col.table.lower() in tables or any(col.name.lower() in columns_of.get(t, ()) for t in tables.values()):
+            return sql   # a real column whose table is ambiguous here: not a reach for a missing year column
+    elif str(year) in sql:
         return sql
+
+    def place(condition):
+        if target is not None:
+            target.replace(condition)
+        else:
+            select.where(condition, copy=False)
+        return tree.sql(dialect=dialect)
+
     within = [(a, c) for a, t in tables.items() for c in dates_of(t)]
-    select = root.expression
     if len(within) == 1:
         alias, column = within[0]
         qualifier = source_ident(root, alias) if (len(tables) > 1 or _qualified(select)) else None
-        select.where(year_range(column_of(_spelled(schema, tables[alias], column), qualifier)), copy=False)
-        return tree.sql(dialect=dialect)
+        return place(year_range(column_of(_spelled(schema, tables[alias], column), qualifier)))
     if within:
         return sql
     reach = []   # (alias in scope, its column, the referenced table, its column) of tables with one date column
@@ -231,7 +246,7 @@ def year_filters(sql: str, dialect: str, schema, question: str) -> str:
         for fk in (t.foreign_keys if t else ()):
             if fk.ref_table.lower() not in tables.values() and len(dates_of(fk.ref_table.lower())) == 1:
                 reach.append((alias, fk.column, fk.ref_table, fk.ref_column))
-    if len({r[2].lower() for r in reach}) != 1 or len(reach) != 1:
+    if len(reach) != 1:
         return sql
     alias, mine, table, theirs = reach[0]
     ref = schema.table(table)
@@ -243,11 +258,10 @@ def year_filters(sql: str, dialect: str, schema, question: str) -> str:
                                                                            exp.to_identifier(new_alias))))
     if bare:   # the query's own columns were bare: qualify them now that two tables are in scope
         for col in select.find_all(exp.Column):
-            if not col.table and col.find_ancestor(exp.Select) is select:
+            if not col.table and col.find_ancestor(exp.Select) is select and col is not (target and target.this):
                 col.set("table", here.copy())
-    select.where(year_range(column_of(_spelled(schema, ref.name, dates_of(table.lower())[0]),
-                                      exp.to_identifier(new_alias))), copy=False)
-    return tree.sql(dialect=dialect)
+    return place(year_range(column_of(_spelled(schema, ref.name, dates_of(table.lower())[0]),
+                                      exp.to_identifier(new_alias))))
 
 
 def join_source(select, table: str, alias: str, on) -> None:

@@ -62,6 +62,11 @@ def test_a_year_as_a_pattern_on_a_date_column_becomes_its_date_range(question, s
     ("Floor space of the stores with orders in 2025?",
      "SELECT SUM(s.square_feet) FROM stores AS s JOIN orders AS o ON o.store_id = s.store_id",   # 2 date columns
      None),
+    # a year column this schema lacks (the model reached for one): the date in reach
+    ("How many orders were placed in 2025?", "SELECT COUNT(*) FROM orders WHERE year = 2025",
+     "SELECT COUNT(*) FROM orders WHERE (placed >= '2025-01-01' AND placed < '2026-01-01')"),
+    ("How many orders were placed in 2025?", "SELECT COUNT(*) FROM orders AS o WHERE o.month = '2025'",
+     "SELECT COUNT(*) FROM orders AS o WHERE (o.placed >= '2025-01-01' AND o.placed < '2026-01-01')"),
     # left alone: a date already compared, two years, a relative year, no year, a year column compared
     ("How many orders in 2025?", "SELECT COUNT(*) FROM orders WHERE placed > '2020-01-01'", None),
     ("How many orders in 2024 and 2025?", "SELECT COUNT(*) FROM orders", None),
@@ -80,6 +85,9 @@ def test_the_date_of_a_referenced_table_is_joined_when_the_query_reads_none():
                   foreign_keys=(ForeignKey("order_id", "orders", "order_id"),))
     schema = Schema("shop", "duckdb", SHOP.tables + (lines,))
     assert year_filters("SELECT SUM(qty) FROM lines", "duckdb", schema, "Units sold in 2025?") == (
+        "SELECT SUM(lines.qty) FROM lines JOIN orders AS d1 ON lines.order_id = d1.order_id "
+        "WHERE (d1.placed >= '2025-01-01' AND d1.placed < '2026-01-01')")
+    assert year_filters("SELECT SUM(qty) FROM lines WHERE year = '2025'", "duckdb", schema, "Units sold in 2025?") == (
         "SELECT SUM(lines.qty) FROM lines JOIN orders AS d1 ON lines.order_id = d1.order_id "
         "WHERE (d1.placed >= '2025-01-01' AND d1.placed < '2026-01-01')")
 
