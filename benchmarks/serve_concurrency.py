@@ -7,7 +7,7 @@ and the server's CPU seconds (on a shared machine, wall time also counts waiting
 NL2SQL_THREADS=1 the CPU seconds are the work itself). NL2SQL_SHARED_PREFIX=0 runs the server with a full KV
 cache per batch row (the layout before shared-prefix attention), for a before/after on the same machine.
 
-    NL2SQL_THREADS=2 .venv/bin/python benchmarks/serve_concurrency.py [--clients 1,4,8,16] [--port 8799]
+    NL2SQL_THREADS=2 .venv/bin/python benchmarks/serve_concurrency.py [--clients 1,4,8,16] [--port 8799] [--exclude 8]
 """
 from __future__ import annotations
 
@@ -40,12 +40,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="1,4,8,16")
     ap.add_argument("--port", type=int, default=8799)
+    ap.add_argument("--exclude", default="", help="demo question numbers (1-based) left out before taking the first C")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     from nl2sql.client import Client
     from nl2sql.errors import Nl2SqlError
     from nl2sql.evaluate import demo_cases
-    questions = [c.question if hasattr(c, "question") else c["question"] for c in demo_cases()][: max(levels)]
+    drop = {int(x) for x in args.exclude.split(",") if x.strip()}
+    questions = [c.question if hasattr(c, "question") else c["question"] for c in demo_cases()]
+    questions = [q for i, q in enumerate(questions, 1) if i not in drop][: max(levels)]
 
     tmp = tempfile.mkdtemp(prefix="nl2sql-serve-bench-")
     env = {**os.environ, "NL2SQL_QUERY_LOG": f"{tmp}/log.sqlite", "NL2SQL_API_TOKEN": "bench",
@@ -87,7 +90,7 @@ def main() -> int:
         print(f"one at a time over {len(questions)} questions: median {one:.2f} s, p90 {pct(alone, 90):.2f} s, "
               f"longest {max(alone):.2f} s; server CPU median {one_cpu:.2f} s, longest {max(alone_cpu):.2f} s")
         for s, cs, q in sorted(zip(alone, alone_cpu, questions), reverse=True)[:3]:
-            print(f"    {s:.2f} s ({cs:.2f} s CPU): {q!r} (question {questions.index(q) + 1})")
+            print(f"    {s:.2f} s ({cs:.2f} s CPU): {q!r} (question {questions.index(q) + 1} here)")
         print("\n| clients | wall s | questions/min | p50 s | p90 s | errors | same as alone | wall / one (median) "
               "| server CPU s | CPU / one (median) |")
         print("|---|---|---|---|---|---|---|---|---|---|")

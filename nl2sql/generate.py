@@ -264,6 +264,14 @@ class SqlGenerator:
             return ""  # a byte of a multi-byte character: no ASCII SQL syntax in it
         return piece.replace("\u2581", " ")
 
+    @functools.cached_property
+    def _base_head(self):
+        """(ids, output-layer rows) of the shipped SQL vocabulary, sorted: the part of every request's vocabulary
+        that a decoding batch scores for all its rows in one product (DecodeBatch.step)."""
+        import torch
+        ids = torch.tensor(sorted(set(self._base_vocab)), device=self.loaded.device)
+        return ids, self.lm_head[ids]
+
     def _vocab_for(self, prompt: str, prompt_ids, prefix: str | None):
         import torch
         if self._base_vocab is None:
@@ -433,6 +441,7 @@ class _Live:
         self.handle, self.req, self.rows, self.n_ids = handle, req, rows, n_ids
         self.vocab, self.head, self.constrained, self.rng, self.t0 = vocab, head, constrained, rng, t0
         self.prefix = prefix
+        self.split = None   # (positions in vocab of the shared SQL vocabulary, of this request's extra tokens)
         self.n_slots = n_ids - (prefix.length if prefix is not None else 0)
         self.steps = 0
         self.error: BaseException | None = None
@@ -495,7 +504,14 @@ class DecodeBatch:
                     n_prefix = len(p_ids)
             cache = g._prefix(tuple(ids[:n_prefix])) if n_prefix else _full_cache()
             vocab = g._vocab_for(req.prompt, ids, req.prefix)  # None: the whole output layer
-            head = g.lm_head if vocab is None else g.lm_head[vocab]
+            head, split = g.lm_head, None
+            if vocab is not None:
+                # the shipped SQL vocabulary (most of `vocab`) is scored for the whole batch at once; this request
+                # keeps only the rows of its own extra tokens (its prompt's words) and where both go in `vocab`
+                base_ids, _ = g._base_head
+                in_base = torch.isin(vocab, base_ids)
+                split = (torch.nonzero(in_base).flatten(), torch.nonzero(~in_base).flatten())
+                head = g.lm_head[vocab[split[1]]]
             out = g.inner(input_ids=torch.tensor([ids[n_prefix:]], device=self.device), past_key_values=cache,
                           use_cache=True)
             shared = g._shared(tuple(ids[:n_prefix])) if self.shared and n_prefix else None
@@ -509,6 +525,7 @@ class DecodeBatch:
                          i == 0 or req.temperature <= 0) for i in range(n)]
             live = _Live(handle, req, rows, len(ids), vocab, head, spec is not None,
                          torch.Generator().manual_seed(req.seed), t0, prefix=shared)
+            live.split = split
         self._pending.append((out.past_key_values, out.last_hidden_state[:, -1].clone(), live))
         self.rows += rows
         self.owner += [live] * n
@@ -582,13 +599,23 @@ class DecodeBatch:
                                                  and len(r.ids) >= len(o.req.forced)], bitmask)
             feed = torch.zeros((n, 1), dtype=torch.long, device=self.device)
             fed = torch.zeros((n, 1), dtype=torch.long, device=self.device)
+            # the shipped SQL vocabulary's logits for every row in one product: each request used to multiply by
+            # its own copy of those ~26k output rows, reading them once per request per step
+            base = None
+            if any(live.split is not None for live in self.live):
+                base = g._logits(self.h, g._base_head[1], None)
             i = 0
             for live in self.live:   # rows of one request are contiguous: their logits in one product
                 k = len(live.rows)
                 if all(r.done for r in live.rows):
                     i += k
                     continue
-                logits = g._logits(self.h[i:i + k], live.head, live.vocab)
+                if live.split is None:
+                    logits = g._logits(self.h[i:i + k], live.head, live.vocab)
+                else:   # [k, len(vocab)] in vocab's order: the shared part and this request's extra tokens
+                    logits = base.new_empty((k, live.vocab.shape[0]))
+                    logits[:, live.split[0]] = base[i:i + k]
+                    logits[:, live.split[1]] = g._logits(self.h[i:i + k], live.head, None)
                 forced = live.req.forced
                 for j, r in enumerate(live.rows):
                     if not r.done:
