@@ -15,7 +15,9 @@ import sys
 from nl2sql.api import Pipeline
 from nl2sql.evaluate import drop_distinct, has_order_by, results_match
 from nl2sql.executor import guard
+from nl2sql.measures import term_columns
 from nl2sql.rewrite import REWRITES, rewrite
+from nl2sql.values import link_values
 
 
 def score(pipe, wh, sql, gold, cache):
@@ -51,11 +53,12 @@ def main(argv=None) -> int:
             continue
         was = score(pipe, wh, r["pred"], r["gold"], cache)
         base += was
-        hints = tuple(h.table for h in __import__("nl2sql.values", fromlist=["x"]).link_values(
-            r["question"], pipe.values(None, schema)))
-        named = set(hints) | {m.table for m in glossary.mentions(glossary.relevant(r["question"]))}
+        hints = tuple(h.table for h in link_values(r["question"], pipe.values(None, schema)))
+        entries = glossary.relevant(r["question"])
+        named = set(hints) | {m.table for m in glossary.mentions(entries)}
         for name, only in variants:
-            new = rewrite(r["pred"], wh.dialect, schema, r["question"], named_tables=named, only=only)
+            new = rewrite(r["pred"], wh.dialect, schema, r["question"], named_tables=named,
+                          term_columns=term_columns(entries), only=only)
             if new == r["pred"]:
                 continue
             now = score(pipe, wh, new, r["gold"], cache)

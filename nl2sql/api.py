@@ -90,6 +90,7 @@ class _Question:
     value_hints: tuple  # the values the question seems to mention (nl2sql.values.link_values)
     named_tables: frozenset  # tables the question names through a value or a glossary entry
     measures: tuple     # the glossary's metrics as columns the model may name (nl2sql/measures.py)
+    term_columns: tuple  # (table, column) of the glossary terms the question mentions that stand for a column
     timer: _Timer
     answer: Answer
 
@@ -235,12 +236,10 @@ class Pipeline:
                         examples=[q for q, _ in examples], glossary=[e.name for e in entries])
         from .glossary import render
         named = frozenset({h.table for h in value_hints} | {m.table for m in mentions})
-        measures = ()
-        if glossary and self.settings.glossary_columns:
-            from .measures import measures_of
-            measures = measures_of(glossary, full)
+        from .measures import measures_of, term_columns
+        measures = measures_of(glossary, full) if glossary and self.settings.glossary_columns else ()
         q = _Question(question, db, execute, list(examples), render(entries), index, value_hints, named, measures,
-                      timer, answer)
+                      term_columns(entries), timer, answer)
         solved_on = linked.schema
         best = self._solve(q, solved_on)
         if best.error is not None and linked.pruned:  # the model reached outside the subset: widen once
@@ -324,7 +323,7 @@ class Pipeline:
                 if rewrites:  # nl2sql/rewrite.py: slips the question and schema show (a year as a pattern, ...)
                     from .rewrite import rewrite
                     out.sql = rewrite(out.sql, schema.dialect, schema, q.question, named_tables=q.named_tables,
-                                      only=rewrites)
+                                      term_columns=q.term_columns, only=rewrites)
             if q.execute:
                 with q.timer("execute"):
                     result = execute_mod.run_checked(self.warehouse(q.db), out.sql, self.settings)

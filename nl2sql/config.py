@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 ENV_PREFIX = "NL2SQL_"
-REWRITES = ("years", "dates", "joins", "names")   # the SQL rewrites of nl2sql/rewrite.py, in the order they apply
+REWRITES = ("years", "dates", "terms", "joins", "names")   # the SQL rewrites of nl2sql/rewrite.py, in the order they apply
 
 
 def _user_dir(kind: str) -> Path:
@@ -68,7 +68,8 @@ class Settings:
         ",".join(REWRITES), "Rewrites of slips in the model's SQL that the question and schema show to be slips "
         "(nl2sql/rewrite.py), comma-separated: 'years' (a year as a text pattern on a date column -> its date "
         "range), 'dates' (a year the question names that the SQL never filters -> the range on the date column in "
-        "reach), 'joins' (a join to a table the question never names and nothing reads -> dropped), 'names' (an "
+        "reach), 'terms' (a glossary term's column read from the term's table: products.unit_price for 'list price', "
+        "not order_lines.unit_price), 'joins' (a join to a table the question never names and nothing reads -> dropped), 'names' (an "
         "id where the question asks which thing -> the table's name column). 'none' = no rewrite.")
     value_budget: float = setting(5.0, "Seconds the first question on a database may spend reading its text values.")
     glossary: str = setting(

@@ -97,6 +97,23 @@ def measures_of(glossary, schema: Schema) -> tuple[Measure, ...]:
     return tuple(found)
 
 
+def term_columns(entries) -> tuple[tuple[str, str], ...]:
+    """(table, column) of the given glossary terms that stand for one column ("list price" = products.unit_price):
+    the rewrite of nl2sql/rewrite.py `glossary_columns` reads that column from that table."""
+    import sqlglot
+    from sqlglot import exp
+    found = []
+    for e in entries:
+        if e.section != "terms" or len(e.columns) != 1:
+            continue
+        try:
+            if isinstance(sqlglot.parse_one(e.sql, read=SQL_DIALECT), exp.Column):
+                found.append(e.columns[0])
+        except sqlglot.errors.SqlglotError:
+            continue
+    return tuple(found)
+
+
 def _reads(tree, column: str) -> bool:
     from sqlglot import exp
     return any(c.name.lower() == column.lower() for c in tree.find_all(exp.Column))

@@ -31,13 +31,17 @@ from .linking import words
 from .prompt import short_type
 
 
-def rewrite(sql: str, dialect: str, schema, question: str, *, named_tables=(), only=REWRITES) -> str:
+def rewrite(sql: str, dialect: str, schema, question: str, *, named_tables=(), term_columns=(),
+            only=REWRITES) -> str:
     """Every rewrite in `only`, in order. `named_tables`: tables the question names through a value or a glossary
-    entry (they count as asked for, like the table's own name in the question)."""
+    entry (they count as asked for, like the table's own name in the question); `term_columns`: (table, column)
+    of the glossary terms the question mentions that stand for one column ("list price" = products.unit_price)."""
     if "years" in only:
         sql = year_ranges(sql, dialect, schema, question)
     if "dates" in only:
         sql = year_filters(sql, dialect, schema, question)
+    if "terms" in only:
+        sql = glossary_columns(sql, dialect, schema, term_columns)
     if "joins" in only:
         sql = unasked_joins(sql, dialect, schema, question, named_tables)
     if "names" in only:
@@ -154,15 +158,15 @@ def year_ranges(sql: str, dialect: str, schema, question: str = "") -> str:
 
 
 # --- a year the question names and the SQL never filters --------------------------------------------------------
-_RELATIVE = re.compile(r"\b(previous|prior|before|earlier|preceding|last|next|following|since|until|compared|"
-                       r"versus|vs|between|each|every|per|born|age|old)\b", re.I)
+_RELATIVE = re.compile(r"\b(previous|prior|before|earlier|preceding|last|next|following|since|until|after|"
+                       r"compared|versus|vs|between|born|age|old)\b", re.I)
 
 
 def asked_year(question: str) -> int | None:
-    """The one year a question names, when it names exactly one, no month, day or quarter, and no relative
-    or comparing word ("since 2020", "each year", "born in 1990": a year that is not a date range of rows)."""
+    """The one year a question names, when it names exactly one and no relative or comparing word ("since 2020",
+    "born in 1990": a year that is not the range of the rows asked about). "Each month of 2023" names 2023."""
     years = set(re.findall(r"\b(1[89]\d\d|20\d\d)\b", question or ""))
-    if len(years) != 1 or _MONTHS.search(question) or _RELATIVE.search(question):
+    if len(years) != 1 or _RELATIVE.search(question):
         return None
     return int(years.pop())
 
@@ -173,8 +177,8 @@ def year_filters(sql: str, dialect: str, schema, question: str) -> str:
     date (`quantity > 2023`, copied from the question) becomes the date range of its table's date column; with a
     column no table in scope has (`year = 2024`, `month = '2023'`: reaching for a year column this schema lacks) it
     becomes the range on the date within reach, as a missing filter does: the one date column of the tables the
-    query reads, else of the one table they reference by a foreign key that has one (joined). A query with a date
-    or year comparison already, or two candidate date columns, stays as it is. Runs before validation too, so a
+    query reads, else of the one table they reference by a foreign key that has one (joined); a number column named
+    like 'year' of a table read (a calendar's) takes the year itself. A query with a date or year comparison already, or two candidate date columns, stays as it is. Runs before validation too, so a
     query that names a missing year column still gets its answer."""
     from sqlglot import exp
     year = asked_year(question)
@@ -190,7 +194,8 @@ def year_filters(sql: str, dialect: str, schema, question: str) -> str:
         for col in scope.columns:
             alias = _owner(col, tables, columns_of)
             kind = types.get((tables[alias], col.name.lower())) if alias is not None else None
-            if (kind == "time" or (kind and "year" in words(col.name))) and col.find_ancestor(exp.Predicate):
+            if ((kind == "time" or (kind and "year" in words(col.name))) and col.find_ancestor(exp.Predicate)
+                    and not col.find_ancestor(exp.Join)):   # a join on a date is no filter of one
                 return sql
     root, tables = scopes[-1]
     select = root.expression
@@ -233,6 +238,13 @@ def year_filters(sql: str, dialect: str, schema, question: str) -> str:
             select.where(condition, copy=False)
         return tree.sql(dialect=dialect)
 
+    years = [(a, c) for a, t in tables.items() for (u, c), kind in types.items()
+             if u == t and kind == "number" and "year" in words(c)]
+    if len(years) == 1:   # a year column of a table read (a calendar's): the year itself
+        alias, column = years[0]
+        qualifier = source_ident(root, alias) if (len(tables) > 1 or _qualified(select)) else None
+        return place(exp.EQ(this=column_of(_spelled(schema, tables[alias], column), qualifier),
+                            expression=exp.Literal.number(year)))
     within = [(a, c) for a, t in tables.items() for c in dates_of(t)]
     if len(within) == 1:
         alias, column = within[0]
@@ -280,6 +292,33 @@ def _spelled(schema, table: str, column: str) -> str:
     return schema.table(table).column(column).name
 
 
+# --- a glossary term's column, where another table's column of that name was read -------------------------------
+def glossary_columns(sql: str, dialect: str, schema, columns) -> str:
+    """The question says a glossary term that stands for one column ("list price" = products.unit_price) and the
+    query reads a column of that name from another table in scope (order_lines.unit_price, the price paid): read
+    it from the term's table, when that table is in scope once. The join then often reads nothing and goes
+    (`unasked_joins`)."""
+    if not columns:
+        return sql
+    tree = _parse(sql, dialect)
+    if tree is None:
+        return sql
+    columns_of = {t.name.lower(): {c.name.lower() for c in t.columns} for t in schema.tables}
+    wanted = {c.lower(): t.lower() for t, c in columns}
+    changed = False
+    for scope, tables in _scopes(tree):
+        for col in scope.columns:
+            home = wanted.get(col.name.lower())
+            alias = _owner(col, tables, columns_of) if home else None
+            if alias is None or tables[alias] == home:
+                continue
+            theirs = [a for a, t in tables.items() if t == home]
+            if len(theirs) == 1:
+                col.set("table", source_ident(scope, theirs[0]))
+                changed = True
+    return tree.sql(dialect=dialect) if changed else sql
+
+
 # --- a join to a table the question never names ---------------------------------------------------------------
 STEM_CHARS = 5   # a question word and a schema word that start with this many letters alike name one thing
 
@@ -320,8 +359,9 @@ def unasked_joins(sql: str, dialect: str, schema, question: str, named_tables=()
         joins = select.args.get("joins") or []
         if not isinstance(select, exp.Select) or not joins or len(set(tables.values())) != len(tables):
             continue
-        if select.args.get("group") or any(isinstance(c.this, exp.Star) for c in select.find_all(exp.Count)):
-            continue   # counting rows per group, or all rows: the join is what is counted
+        # counting rows per group, or all rows: the join is what is counted, unless it pairs no key with its
+        # foreign key (products.product_id = orders.order_id: rows that match by accident, counted for nothing)
+        counting = bool(select.args.get("group")) or any(isinstance(c.this, exp.Star) for c in select.find_all(exp.Count))
         if any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star))
                for e in select.expressions):
             continue
@@ -331,6 +371,8 @@ def unasked_joins(sql: str, dialect: str, schema, question: str, named_tables=()
                 continue
             on_aliases = {_owner(c, tables, columns_of) for c in on.find_all(exp.Column)}
             if None in on_aliases or len(on_aliases) != 2:
+                continue
+            if counting and _keyed(on, tables, columns_of, schema):
                 continue
             from_alias = _alias(select.args["from_"].this)
             joined = _alias(join.this)
@@ -351,6 +393,21 @@ def unasked_joins(sql: str, dialect: str, schema, question: str, named_tables=()
             if changed:
                 break   # one join per query: the scopes are stale once the tree changed
     return tree.sql(dialect=dialect) if changed else sql
+
+
+def _keyed(on, tables: dict, columns_of: dict, schema) -> bool:
+    """Whether a join condition pairs columns a foreign key links, or two columns of one name (a key by
+    convention), or is anything but one plain equality."""
+    from sqlglot import exp
+    if not isinstance(on, exp.EQ) or not all(isinstance(x, exp.Column) for x in (on.this, on.expression)):
+        return True
+    a, b = on.this, on.expression
+    ta, tb = tables[_owner(a, tables, columns_of)], tables[_owner(b, tables, columns_of)]
+    if a.name.lower() == b.name.lower():
+        return True
+    links = {(t.name.lower(), fk.column.lower(), fk.ref_table.lower(), fk.ref_column.lower())
+             for t in schema.tables for fk in t.foreign_keys}
+    return ((ta, a.name.lower(), tb, b.name.lower()) in links) or ((tb, b.name.lower(), ta, a.name.lower()) in links)
 
 
 def _alias(table) -> str:
@@ -378,17 +435,20 @@ def _read_elsewhere(tree, on, alias: str, tables: dict, columns_of: dict) -> boo
 _ASKS_FOR_ID = re.compile(r"\b(ids?|identifiers?|numbers?|codes?|keys?)\b", re.I)
 
 
-def label_column(table) -> str | None:
-    """The one column that names a row of `table` ('name', 'title', 'product_name'), or None if none or several."""
+def label_columns(table) -> list[str]:
+    """The columns that name a row of `table`: its one name column ('name', 'title', 'product_name'), or a first
+    and a last name; [] if none or several others."""
     found = [c.name for c in table.columns if not c.primary_key and short_type(c.type) == "text"
              and ({"name", "title"} & set(words(c.name)))]
-    return found[0] if len(found) == 1 else None
+    if len(found) == 2 and sorted(w for name in found for w in words(name) if w in ("first", "last")) == ["first", "last"]:
+        return sorted(found, key=lambda n: "last" in words(n))   # first name, then last name
+    return found if len(found) == 1 else []
 
 
 def names_for_ids(sql: str, dialect: str, schema, question: str) -> str:
     """`SELECT t.x_id FROM ...` -> `SELECT t.x_name FROM ...` when the query returns nothing but the key of a
-    table that has one name column, and the question never asks for an id, number, code or key.
-    Only the outermost SELECT (a key in a subquery is how rows are matched), without GROUP BY or set operations."""
+    table that has one name column (or a first and a last name: both are returned), and the question never asks
+    for an id, number, code or key. Only the outermost SELECT (a key in a subquery is how rows are matched), without GROUP BY or set operations."""
     from sqlglot import exp
     if not question or _ASKS_FOR_ID.search(question):
         return sql
@@ -410,10 +470,11 @@ def names_for_ids(sql: str, dialect: str, schema, question: str) -> str:
     column = table.column(col.name)
     if column is None or not _is_key(column, table):
         return sql
-    label = label_column(table)
-    if label is None:
+    labels = label_columns(table)
+    if not labels:
         return sql
-    col.set("this", ident(label))
+    qualifier = col.args.get("table")
+    tree.set("expressions", [column_of(name, qualifier.copy() if qualifier else None) for name in labels])
     return tree.sql(dialect=dialect)
 
 
