@@ -28,21 +28,28 @@ QUESTIONS = [(0, "How many customers are there?"), (1, "What is the average age 
              (1, "Who is the oldest singer?")]
 
 
-@pytest.fixture(scope="module")
-def tiny(settings):
+def tiny_generator(settings, name: str, *, seed: int, heads: int, kv_heads: int, head_dim: int, window: int,
+                   layer_types: list[str]):
+    """A randomly initialised 4-layer Gemma 3 with the bundled tokenizer: the real decoding path, in milliseconds."""
     import torch
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
     from nl2sql.generate import SqlGenerator
     from nl2sql.model import LoadedModel, bundled_checkpoint
     tok = AutoTokenizer.from_pretrained(str(bundled_checkpoint(settings.cache_dir)))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=8,
-                              layer_types=["sliding_attention", "sliding_attention", "full_attention",
-                                           "sliding_attention"], max_position_embeddings=4096)
+                              num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                              sliding_window=window, layer_types=layer_types, max_position_embeddings=4096)
     model = Gemma3ForCausalLM(config).eval()
-    return SqlGenerator(LoadedModel(model, tok, "tiny", None, None, "cpu"), sql_vocab_head=True)
+    return SqlGenerator(LoadedModel(model, tok, name, None, None, "cpu"), sql_vocab_head=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(settings):
+    return tiny_generator(settings, "tiny", seed=0, heads=2, kv_heads=1, head_dim=32, window=8,
+                          layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                       "sliding_attention"])
 
 
 def request(i: int, n: int = 3, max_new_tokens: int = 12, forced=()) -> GenRequest:

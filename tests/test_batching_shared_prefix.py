@@ -13,24 +13,13 @@ from nl2sql.generate import DecodeBatch, GenRequest
 from nl2sql.grammar import sql_grammar
 from nl2sql.prompt import build_prompt, render_schema
 
-from test_batching import SCHEMAS, request, same   # the tiny tests' schemas and questions (two databases)
+from test_batching import SCHEMAS, request, same, tiny_generator   # the tiny tests' schemas and questions
 
 
 @pytest.fixture(scope="module")
 def tiny32(settings):
-    import torch
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
-
-    from nl2sql.generate import SqlGenerator
-    from nl2sql.model import LoadedModel, bundled_checkpoint
-    tok = AutoTokenizer.from_pretrained(str(bundled_checkpoint(settings.cache_dir)))
-    torch.manual_seed(3)
-    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=32,
-                              layer_types=["sliding_attention", "full_attention", "sliding_attention",
-                                           "sliding_attention"], max_position_embeddings=4096)
-    model = Gemma3ForCausalLM(config).eval()
-    return SqlGenerator(LoadedModel(model, tok, "tiny32", None, None, "cpu"), sql_vocab_head=True)
+    return tiny_generator(settings, "tiny32", seed=3, heads=4, kv_heads=2, head_dim=16, window=32,
+                          layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"])
 
 
 def no_prefix(i: int, **kw) -> GenRequest:
