@@ -682,6 +682,9 @@ class DecodeBatch:
         if len(r.ids) >= live.req.max_new_tokens:
             r.fail(f"The SQL was cut off at {live.req.max_new_tokens} tokens.")
             return None
+        if len(r.text) - len(r.text.rstrip()) > MAX_BLANK_RUN:
+            r.fail("The model wrote only spaces and line breaks: the SQL was abandoned.")
+            return None
         return t
 
     def _retire(self) -> None:
@@ -765,6 +768,12 @@ def _apply_mask(scores, bitmask_row) -> None:
     n = min(width, scores.shape[0])
     bits = (bitmask_row.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
     scores[:n].masked_fill_(bits.reshape(-1)[:n] == 0, float("-inf"))
+
+
+# Spaces and line breaks in a row after which a candidate is abandoned: the grammar lets whitespace stand between
+# any two tokens, and a sampled candidate can write nothing else until the token cap ("... WHERE x = 'a' NOT"
+# followed by 150 tokens of "\n  "), holding its request's answer for seconds. Formatted SQL needs a handful.
+MAX_BLANK_RUN = 16
 
 
 class _Row:

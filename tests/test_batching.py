@@ -228,3 +228,18 @@ def test_real_model_batched_answers_match_alone(settings):
     together = gen.candidates_many(reqs)
     for a, b in zip(alone, together):
         assert b[0].text == a[0].text and b[0].error is None, (a[0].text, b[0].text)
+
+
+def test_a_candidate_that_writes_only_whitespace_is_abandoned_not_decoded_to_the_cap(tiny):
+    """The grammar allows whitespace between any two tokens; a row stuck writing it stops at MAX_BLANK_RUN
+    characters, with an error (it never votes), instead of running to the token budget."""
+    from nl2sql.generate import MAX_BLANK_RUN
+    tok = tiny.loaded.tokenizer
+    forced = tuple(tok("SELECT", add_special_tokens=False)["input_ids"]) + tuple(
+        tok("\n  " * 20, add_special_tokens=False)["input_ids"])
+    [g] = tiny.candidates_many([request(0, n=1, max_new_tokens=200, forced=forced)])[0]
+    assert g.error and "only spaces and line breaks" in g.error
+    assert MAX_BLANK_RUN < len(tiny.decode(g.ids)) - len("SELECT") <= MAX_BLANK_RUN + 3 and g.tokens < 40
+    formatted = tuple(tok("SELECT\n  COUNT(*)\nFROM", add_special_tokens=False)["input_ids"])
+    [ok] = tiny.candidates_many([request(0, n=1, max_new_tokens=30, forced=formatted)])[0]
+    assert ok.error is None or "spaces" not in ok.error   # a few line breaks are fine

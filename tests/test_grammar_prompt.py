@@ -26,6 +26,8 @@ GRAMMAR_CASES = [
     ("WITH x AS (SELECT order_id FROM orders) SELECT order_id FROM x", False),  # x is no table of this schema
     ("SELECT price FROM orders", False),
     ("SELECT * FROM products", False),
+    ("SELECT order_id FROM orders WHERE status = '" + "x" * 100 + "'", True),
+    ("SELECT order_id FROM orders WHERE status = '" + "x" * 101 + "'", False),  # a literal never closed: stops here
     ("DROP TABLE orders", False),
     ("SELECT order_id FROM orders; DROP TABLE orders", False),
 ]
