@@ -70,6 +70,7 @@ class Glossary:
     problems: tuple[str, ...] = ()    # one line per entry left out, naming it
     source: str = ""                  # where it came from (a path), for messages
     _phrases: list = field(default_factory=list, repr=False)
+    _measures: dict = field(default_factory=dict, repr=False, compare=False)  # measures.measures_of, per schema
 
     def __post_init__(self):
         from .linking import words

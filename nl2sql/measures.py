@@ -58,11 +58,19 @@ def column_name(name: str) -> str:
 
 def measures_of(glossary, schema: Schema) -> tuple[Measure, ...]:
     """The glossary's metrics and terms that are expressions over one table's rows, as measure columns. A name
-    that is already a column of its table, or a second measure of that name, is skipped."""
-    import sqlglot
-    from sqlglot import exp
+    that is already a column of its table, or a second measure of that name, is skipped. Kept on the glossary per
+    schema: every question asks, and parsing every entry each time grows with the glossary."""
     if not glossary:
         return ()
+    key = schema.fingerprint()
+    if key not in glossary._measures:
+        glossary._measures[key] = _measures(glossary, schema)
+    return glossary._measures[key]
+
+
+def _measures(glossary, schema: Schema) -> tuple[Measure, ...]:
+    import sqlglot
+    from sqlglot import exp
     found: list[Measure] = []
     taken = {(t.name.lower(), c.name.lower()) for t in schema.tables for c in t.columns}
     for e in glossary.entries:
